@@ -1,0 +1,578 @@
+//! The coordinator: listens on one socket per helper, accepts each helper as
+//! the server side of a peer-to-peer D-Bus connection, and calls `Save` and
+//! `Load` on all of them concurrently.
+//!
+//! ```no_run
+//! # async fn example() -> dbus_vmstate::Result<()> {
+//! use dbus_vmstate::coordinator;
+//!
+//! let coordinator = coordinator::Builder::new()
+//!     .socket_dir("/run/vm0/vmstate", ["slirp", "tpm"])
+//!     .optional("tpm")
+//!     .bind()?;
+//! // ... helpers connect to /run/vm0/vmstate/slirp.sock and tpm.sock ...
+//! let report = coordinator.save_to_path("/var/lib/vm0/helpers.vmstate").await?;
+//! println!("saved {} helpers", report.helpers.len());
+//! coordinator.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod accept;
+mod load;
+pub(crate) mod policy;
+mod save;
+pub mod socket;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::future::AbortHandle;
+use zbus::Connection;
+
+use crate::error::Error;
+use crate::iface;
+use crate::stream;
+
+pub use load::LoadReport;
+pub use save::SaveReport;
+
+/// One helper the coordinator expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperSpec {
+    /// The helper's Id: what its `Id` property must say, and its record's
+    /// name in the stream.
+    pub id: String,
+    /// The socket the coordinator listens on for this helper.
+    pub socket: PathBuf,
+    /// A required helper fails a save or load when absent; an optional one
+    /// is skipped with a warning.
+    pub required: bool,
+}
+
+/// The result of one `Save` or `Load` on one helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// State bytes moved.
+    pub bytes: u64,
+    /// Time from the call to its reply.
+    pub duration: Duration,
+}
+
+/// A helper that took part in a save or load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperReport {
+    /// The helper's Id.
+    pub id: String,
+    /// What moved, and how long it took.
+    pub transfer: Transfer,
+}
+
+/// An optional helper left out of a save or load, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The helper's Id.
+    pub id: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+/// What [`Coordinator::status`] reports about one helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperStatus {
+    /// The helper's Id.
+    pub id: String,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Whether it is required.
+    pub required: bool,
+    /// Whether a helper is connected on that socket now.
+    pub connected: bool,
+    /// The connected peer's process Id (`SO_PEERCRED`).
+    pub pid: Option<u32>,
+    /// The connected peer's user Id (`SO_PEERCRED`).
+    pub uid: Option<u32>,
+    /// The last successful save.
+    pub last_save: Option<Transfer>,
+    /// The last successful load.
+    pub last_load: Option<Transfer>,
+    /// Why the last connection on this socket was turned away, if one was.
+    pub last_rejection: Option<String>,
+}
+
+/// Settings shared by every part of a coordinator.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub helpers: Vec<HelperSpec>,
+    pub allow_uids: Vec<u32>,
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_blob_bytes: u64,
+}
+
+/// Configures and binds a [`Coordinator`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    helpers: Vec<HelperSpec>,
+    optional: Vec<String>,
+    allow_uids: Vec<u32>,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+    handshake_timeout: Duration,
+    max_blob_bytes: u64,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A coordinator with no helpers yet and the default timeouts.
+    pub fn new() -> Self {
+        Builder {
+            helpers: Vec::new(),
+            optional: Vec::new(),
+            allow_uids: Vec::new(),
+            connect_timeout: iface::DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: iface::DEFAULT_CALL_TIMEOUT,
+            handshake_timeout: iface::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_blob_bytes: iface::MAX_SAVE_BLOB_BYTES as u64,
+        }
+    }
+
+    /// Expects helper `id` on the socket at `socket` (required).
+    pub fn helper(mut self, id: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        self.helpers.push(HelperSpec {
+            id: id.into(),
+            socket: socket.into(),
+            required: true,
+        });
+        self
+    }
+
+    /// Expects each helper of `ids` on `dir/<ID>.sock` (required).
+    pub fn socket_dir<I, S>(mut self, dir: impl AsRef<Path>, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for id in ids {
+            let id = id.into();
+            let socket = dir.as_ref().join(format!("{id}.sock"));
+            self = self.helper(id, socket);
+        }
+        self
+    }
+
+    /// Marks helper `id` optional: skipped with a warning when it is absent
+    /// at save time, or has no state in the stream at load time.
+    pub fn optional(mut self, id: impl Into<String>) -> Self {
+        self.optional.push(id.into());
+        self
+    }
+
+    /// Accepts helpers running as `uid`. Without any call, only the
+    /// coordinator's own effective uid is accepted.
+    pub fn allow_uid(mut self, uid: u32) -> Self {
+        self.allow_uids.push(uid);
+        self
+    }
+
+    /// How long `save` and `load` wait for required helpers to connect.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one `Save` or `Load` call may take.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// How long a new connection has to authenticate and report its Id.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The largest state accepted from or sent to one helper.
+    pub fn max_blob_bytes(mut self, bytes: u64) -> Self {
+        self.max_blob_bytes = bytes;
+        self
+    }
+
+    /// Checks the configuration, binds every socket and starts accepting
+    /// helpers. Must be called within an async runtime context or from a
+    /// thread where spawning is allowed (any thread with async-std).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty list, an invalid or duplicate Id, an
+    /// unknown optional Id; [`Error::Bind`] or [`Error::SocketInUse`] when a
+    /// socket cannot be bound (sockets bound before it are removed again).
+    pub fn bind(self) -> Result<Coordinator, Error> {
+        let config = self.into_config()?;
+        Coordinator::bind(config)
+    }
+
+    fn into_config(self) -> Result<Config, Error> {
+        let Builder {
+            mut helpers,
+            optional,
+            mut allow_uids,
+            connect_timeout,
+            call_timeout,
+            handshake_timeout,
+            max_blob_bytes,
+        } = self;
+        policy::check_helpers(&helpers)?;
+        for id in &optional {
+            let spec = helpers
+                .iter_mut()
+                .find(|h| &h.id == id)
+                .ok_or_else(|| Error::Config {
+                    reason: format!("optional helper {id:?} is not in the helper list"),
+                })?;
+            spec.required = false;
+        }
+        if allow_uids.is_empty() {
+            allow_uids.push(effective_uid());
+        }
+        Ok(Config {
+            helpers,
+            allow_uids,
+            connect_timeout,
+            call_timeout,
+            handshake_timeout,
+            max_blob_bytes,
+        })
+    }
+}
+
+/// The effective uid of this process.
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A connected helper.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub conn: Connection,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub generation: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SlotState {
+    pub peer: Option<Peer>,
+    pub next_generation: u64,
+    pub last_save: Option<Transfer>,
+    pub last_load: Option<Transfer>,
+    pub last_rejection: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub spec: HelperSpec,
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    pub fn state(&self) -> MutexGuard<'_, SlotState> {
+        // A panic while holding this lock cannot leave the state half
+        // updated (every update is one assignment), so a poisoned lock is
+        // still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn peer(&self) -> Option<Peer> {
+        self.state().peer.clone()
+    }
+}
+
+/// State shared by the coordinator handle and its tasks.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub config: Config,
+    pub slots: Vec<Slot>,
+    /// Notified whenever a helper connects or disconnects.
+    pub changed: event_listener::Event,
+    pub stopping: AtomicBool,
+}
+
+impl Inner {
+    fn notify(&self) {
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Waits until every slot in `wanted` has a peer, or the deadline.
+    /// Returns the slots still missing (empty on success).
+    pub async fn wait_connected(&self, wanted: &[usize], timeout: Duration) -> Vec<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let listener = self.changed.listen();
+            let missing: Vec<usize> = wanted
+                .iter()
+                .copied()
+                .filter(|&i| self.slots[i].peer().is_none())
+                .collect();
+            let now = Instant::now();
+            if missing.is_empty() || now >= deadline {
+                return missing;
+            }
+            let _ = crate::rt::timeout(deadline - now, listener).await;
+        }
+    }
+
+    /// [`Error::NotConnected`] for each of `missing`.
+    pub fn not_connected(&self, missing: &[usize], timeout: Duration) -> Vec<Error> {
+        missing
+            .iter()
+            .map(|&i| {
+                let slot = &self.slots[i];
+                Error::NotConnected {
+                    id: slot.spec.id.clone(),
+                    timeout,
+                    last_rejection: slot.state().last_rejection.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A running coordinator: its sockets are bound and helpers are accepted
+/// in the background.
+///
+/// Drop it, or better call [`Coordinator::shutdown`], to stop: the sockets
+/// are removed and the helpers' connections closed.
+#[derive(Debug)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+    accept_tasks: Vec<AbortHandle>,
+    bound: Vec<socket::BoundPath>,
+}
+
+impl Coordinator {
+    fn bind(config: Config) -> Result<Self, Error> {
+        let mut listeners = Vec::with_capacity(config.helpers.len());
+        let mut bound = Vec::with_capacity(config.helpers.len());
+        for spec in &config.helpers {
+            // On error, the guards bound so far drop and remove their files.
+            let (listener, guard) = socket::bind(&spec.id, &spec.socket)?;
+            listeners.push(listener);
+            bound.push(guard);
+        }
+        Self::from_listeners(config, listeners, bound)
+    }
+
+    fn from_listeners(
+        config: Config,
+        listeners: Vec<std::os::unix::net::UnixListener>,
+        bound: Vec<socket::BoundPath>,
+    ) -> Result<Self, Error> {
+        let slots = config
+            .helpers
+            .iter()
+            .map(|spec| Slot {
+                spec: spec.clone(),
+                state: Mutex::new(SlotState::default()),
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            config,
+            slots,
+            changed: event_listener::Event::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let mut accept_tasks = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let spec = &inner.slots[index].spec;
+            let listener = crate::rt::Listener::new(listener).map_err(|e| Error::Bind {
+                id: spec.id.clone(),
+                path: spec.socket.clone(),
+                reason: "cannot register socket",
+                source: e,
+            })?;
+            accept_tasks.push(accept::start(inner.clone(), index, listener));
+        }
+        Ok(Coordinator {
+            inner,
+            accept_tasks,
+            bound,
+        })
+    }
+
+    /// The helpers this coordinator expects.
+    pub fn helpers(&self) -> impl Iterator<Item = &HelperSpec> {
+        self.inner.slots.iter().map(|s| &s.spec)
+    }
+
+    /// Each helper's connection and last transfers.
+    pub fn status(&self) -> Vec<HelperStatus> {
+        self.inner
+            .slots
+            .iter()
+            .map(|slot| {
+                let state = slot.state();
+                HelperStatus {
+                    id: slot.spec.id.clone(),
+                    socket: slot.spec.socket.clone(),
+                    required: slot.spec.required,
+                    connected: state.peer.is_some(),
+                    pid: state.peer.as_ref().and_then(|p| p.pid),
+                    uid: state.peer.as_ref().and_then(|p| p.uid),
+                    last_save: state.last_save.clone(),
+                    last_load: state.last_load.clone(),
+                    last_rejection: state.last_rejection.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until every required helper is connected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotConnected`] (or [`Error::Several`]) naming the helpers
+    /// still missing after `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        let required: Vec<usize> = (0..self.inner.slots.len())
+            .filter(|&i| self.inner.slots[i].spec.required)
+            .collect();
+        let missing = self.inner.wait_connected(&required, timeout).await;
+        match Error::from_many(self.inner.not_connected(&missing, timeout)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves every connected helper into a native state stream written to
+    /// `out`, and returns `out` with a report.
+    ///
+    /// Waits up to the connect timeout for every required helper, then
+    /// calls `Save` on all of them at once, each with the call timeout, and
+    /// writes each state as it arrives. Optional helpers that are absent or
+    /// fail are skipped and listed in the report.
+    ///
+    /// # Errors
+    ///
+    /// Any required helper missing or failing fails the save, and no `Save`
+    /// is called at all when one is missing. On error, `out` may hold a
+    /// partial stream, which readers reject (it has no end record); use
+    /// [`Coordinator::save_to_path`] to leave no file behind.
+    pub async fn save<W>(&self, out: W) -> Result<(W, SaveReport), Error>
+    where
+        W: std::io::Write + Send + 'static,
+    {
+        save::save(&self.inner, out).await
+    }
+
+    /// Saves into the file at `path`, atomically: the stream goes to a
+    /// temporary file in the same directory, which is synced and renamed
+    /// over `path` only when the save succeeded. A failed save leaves no
+    /// new file and an existing file untouched.
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::save`], plus [`Error::Io`] for the file.
+    pub async fn save_to_path(&self, path: impl AsRef<Path>) -> Result<SaveReport, Error> {
+        save::save_to_path(&self.inner, path.as_ref()).await
+    }
+
+    /// Loads a state stream from `input` into the helpers.
+    ///
+    /// The whole stream is read and verified first: its format, every
+    /// checksum, every required helper present, no unknown or duplicate Id.
+    /// Only then is `Load` called, on all helpers at once. A stream that
+    /// fails verification calls no `Load` at all. `format` `None` detects
+    /// the format from the first bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stream`], [`Error::MissingInStream`],
+    /// [`Error::UnknownInStream`] before any `Load`; [`Error::NotConnected`]
+    /// when a required helper is absent (again before any `Load`); call
+    /// errors of required helpers.
+    pub async fn load<R>(
+        &self,
+        input: R,
+        format: Option<stream::Format>,
+    ) -> Result<LoadReport, Error>
+    where
+        R: std::io::Read + Send + 'static,
+    {
+        load::load(&self.inner, input, format).await
+    }
+
+    /// Loads the state stream in the file at `path` (see
+    /// [`Coordinator::load`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::load`], plus [`Error::Io`] when the file cannot be
+    /// opened.
+    pub async fn load_from_path(
+        &self,
+        path: impl AsRef<Path>,
+        format: Option<stream::Format>,
+    ) -> Result<LoadReport, Error> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).map_err(|e| Error::Io {
+            what: "cannot open state stream",
+            path: Some(path.to_path_buf()),
+            source: e,
+        })?;
+        self.load(std::io::BufReader::with_capacity(1 << 20, file), format)
+            .await
+    }
+
+    /// Stops accepting, closes every helper connection and removes the
+    /// socket files.
+    pub async fn shutdown(mut self) {
+        let peers = self.stop();
+        for conn in peers {
+            let _ = conn.close().await;
+        }
+        self.bound.clear();
+    }
+
+    /// Stops the accept tasks and takes every peer out; returns their
+    /// connections for closing.
+    fn stop(&mut self) -> Vec<Connection> {
+        self.inner.stopping.store(true, Ordering::Release);
+        for task in self.accept_tasks.drain(..) {
+            task.abort();
+        }
+        let peers = self
+            .inner
+            .slots
+            .iter()
+            .filter_map(|slot| slot.state().peer.take())
+            .map(|p| p.conn)
+            .collect();
+        self.inner.notify();
+        peers
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let peers = self.stop();
+        if !peers.is_empty() {
+            // Connections close asynchronously; the helpers see EOF.
+            drop(crate::rt::spawn(async move {
+                for conn in peers {
+                    let _ = conn.close().await;
+                }
+            }));
+        }
+        // `bound` drops after this and removes the socket files.
+    }
+}

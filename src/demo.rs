@@ -1,0 +1,351 @@
+//! `dbus-vmstate demo`: the whole save/restore path, end to end, with
+//! helper processes holding pseudo-random state.
+//!
+//! Source helpers serve generated state; a source coordinator saves it to a
+//! stream file; fresh destination helpers start empty, a destination
+//! coordinator loads the file into them, and each destination helper checks
+//! every byte against the same generator and reports through its exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use dbus_vmstate::coordinator::{self, HelperReport};
+use dbus_vmstate::helper::{self, BoxError, State};
+use dbus_vmstate::stream::{native, Limits};
+
+use crate::cli::{DemoArgs, DemoHelperArgs};
+
+/// Destination helper exit codes.
+const EXIT_VERIFIED: i32 = 0;
+const EXIT_MISMATCH: i32 = 3;
+const EXIT_NEVER_LOADED: i32 = 4;
+
+/// Bytes generated and compared per step when verifying.
+const VERIFY_BLOCK_BYTES: usize = 1 << 20;
+
+/// Fills `buf` with the pseudo-random pattern of `seed`, as it stands at
+/// byte `offset` of the whole state (`offset` is a multiple of 8).
+fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    debug_assert_eq!(offset % 8, 0);
+    let mut word = offset / 8;
+    let mut chunks = buf.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        chunk.copy_from_slice(&mix(seed, word).to_le_bytes());
+        word += 1;
+    }
+    let rest = chunks.into_remainder();
+    let n = rest.len();
+    rest.copy_from_slice(&mix(seed, word).to_le_bytes()[..n]);
+}
+
+/// splitmix64 of the word counter: each 8-byte word is independent, so any
+/// block can be generated on its own.
+fn mix(seed: u64, word: u64) -> u64 {
+    let mut z = seed.wrapping_add(word.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Whether `data` is exactly the pattern of `seed` and `size`.
+fn verify(seed: u64, size: u64, data: &[u8]) -> bool {
+    if data.len() as u64 != size {
+        return false;
+    }
+    let mut expected = vec![0u8; VERIFY_BLOCK_BYTES.min(data.len())];
+    let mut offset = 0u64;
+    for block in data.chunks(VERIFY_BLOCK_BYTES) {
+        let want = &mut expected[..block.len()];
+        fill(seed, offset, want);
+        if block != want {
+            return false;
+        }
+        offset += block.len() as u64;
+    }
+    true
+}
+
+/// A demo helper's state: generated on the source, checked on arrival on
+/// the destination.
+struct DemoState {
+    id: String,
+    seed: u64,
+    size: u64,
+    data: Mutex<Vec<u8>>,
+    /// 0: nothing loaded yet; 1: loaded and verified; 2: mismatch.
+    verdict: AtomicU8,
+}
+
+impl State for DemoState {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.data.lock().map_err(|_| "state lock poisoned")?.clone())
+    }
+
+    fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
+        let ok = verify(self.seed, self.size, &data);
+        self.verdict.store(if ok { 1 } else { 2 }, Ordering::SeqCst);
+        *self.data.lock().map_err(|_| "state lock poisoned")? = data;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: loaded state differs from what the source held",
+                self.id
+            )
+            .into())
+        }
+    }
+}
+
+/// The hidden `demo-helper` subcommand. Returns the process exit code.
+pub fn run_helper(args: DemoHelperArgs) -> anyhow::Result<i32> {
+    let size = usize::try_from(args.size).context("size does not fit in memory")?;
+    let data = if args.destination {
+        Vec::new()
+    } else {
+        let mut data = vec![0u8; size];
+        fill(args.seed, 0, &mut data);
+        data
+    };
+    let state = Arc::new(DemoState {
+        id: args.id,
+        seed: args.seed,
+        size: args.size,
+        data: Mutex::new(data),
+        verdict: AtomicU8::new(0),
+    });
+    helper::serve_blocking(&args.socket, state.clone(), helper::Options::default())?;
+    Ok(if !args.destination {
+        EXIT_VERIFIED
+    } else {
+        match state.verdict.load(Ordering::SeqCst) {
+            1 => EXIT_VERIFIED,
+            2 => EXIT_MISMATCH,
+            _ => EXIT_NEVER_LOADED,
+        }
+    })
+}
+
+/// Child processes that are killed if the demo stops early.
+struct Children(Vec<(String, Child)>);
+
+impl Children {
+    fn spawn(
+        dir: &Path,
+        args: &DemoArgs,
+        ids: &[String],
+        destination: bool,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find this program's path")?;
+        let mut children = Children(Vec::new());
+        for (i, id) in ids.iter().enumerate() {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("demo-helper")
+                .arg("--socket")
+                .arg(dir.join(format!("{id}.sock")))
+                .arg("--id")
+                .arg(id)
+                .arg("--size")
+                .arg(args.size.to_string())
+                .arg("--seed")
+                .arg(seed_of(i).to_string());
+            if destination {
+                cmd.arg("--destination");
+            }
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("cannot start helper process {id}"))?;
+            children.0.push((id.clone(), child));
+        }
+        Ok(children)
+    }
+
+    /// Waits for every child; returns each one's exit status.
+    fn wait(mut self) -> anyhow::Result<Vec<(String, ExitStatus)>> {
+        let mut out = Vec::new();
+        for (id, mut child) in std::mem::take(&mut self.0) {
+            let status = child
+                .wait()
+                .with_context(|| format!("waiting for helper process {id}"))?;
+            out.push((id, status));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn seed_of(index: usize) -> u64 {
+    0x5eed_0000 + index as u64
+}
+
+/// Runs the demo and prints its table. Returns the process exit code.
+pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    let temp;
+    let dir: PathBuf = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("dbus-vmstate-demo-")
+                .tempdir_in(std::env::temp_dir())
+                .context("cannot create a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let src_dir = dir.join("src");
+    let dst_dir = dir.join("dst");
+    for d in [&src_dir, &dst_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let stream_path = dir.join("helpers.vmstate");
+    let ids: Vec<String> = (1..=args.helpers).map(|i| format!("helper-{i}")).collect();
+
+    println!(
+        "dbus-vmstate demo: {} helper processes, {} bytes of state each",
+        args.helpers, args.size
+    );
+
+    // Source: generated state, saved to the stream file.
+    let source = coordinator::Builder::new()
+        .socket_dir(&src_dir, ids.iter().cloned())
+        .call_timeout(args.timeout)
+        .bind()?;
+    let children = Children::spawn(&src_dir, &args, &ids, false)?;
+    let save = dbus_vmstate::rt::block_on(source.save_to_path(&stream_path));
+    dbus_vmstate::rt::block_on(source.shutdown());
+    let save = save.context("save failed")?;
+    for (id, status) in children.wait()? {
+        if !status.success() {
+            bail!("source helper {id} exited with {status}");
+        }
+    }
+    let summary = native::inspect(
+        std::io::BufReader::new(std::fs::File::open(&stream_path)?),
+        Limits::default(),
+    )
+    .context("the saved stream does not verify")?;
+
+    // Destination: empty helpers, loaded from the file and checked.
+    let destination = coordinator::Builder::new()
+        .socket_dir(&dst_dir, ids.iter().cloned())
+        .call_timeout(args.timeout)
+        .bind()?;
+    let children = Children::spawn(&dst_dir, &args, &ids, true)?;
+    let load = dbus_vmstate::rt::block_on(destination.load_from_path(&stream_path, None));
+    dbus_vmstate::rt::block_on(destination.shutdown());
+    let statuses = children.wait()?;
+    let load = load.context("load failed")?;
+
+    print_table(&ids, &save.helpers, &load.helpers);
+    println!(
+        "stream: {} ({} bytes, {} records, checksums verified); save {:.1} ms, load {:.1} ms",
+        stream_path.display(),
+        summary.stream_bytes,
+        summary.helpers.len(),
+        ms(save.duration),
+        ms(load.duration),
+    );
+    let mut failed = 0;
+    for (id, status) in &statuses {
+        match status.code() {
+            Some(EXIT_VERIFIED) => {}
+            Some(EXIT_MISMATCH) => {
+                eprintln!("error: helper {id}: loaded state differs from the source's");
+                failed += 1;
+            }
+            Some(EXIT_NEVER_LOADED) => {
+                eprintln!("error: helper {id}: never received Load");
+                failed += 1;
+            }
+            _ => {
+                eprintln!("error: helper {id}: exited with {status}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        println!("FAILED: {failed} of {} helpers did not verify", ids.len());
+        return Ok(crate::cli::EXIT_MIGRATION_FAILED);
+    }
+    println!(
+        "verified: all {} helpers hold exactly the source's {} bytes",
+        ids.len(),
+        args.size
+    );
+    Ok(crate::cli::EXIT_OK)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mbps(bytes: u64, d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s <= 0.0 {
+        return "-".to_string();
+    }
+    format!("{:.0}", bytes as f64 / s / 1e6)
+}
+
+fn print_table(ids: &[String], saved: &[HelperReport], loaded: &[HelperReport]) {
+    let find = |list: &[HelperReport], id: &str| {
+        list.iter().find(|r| r.id == id).map(|r| r.transfer.clone())
+    };
+    println!(
+        "{:<12} {:>12} {:>10} {:>10} {:>10} {:>10}",
+        "helper", "bytes", "save ms", "load ms", "save MB/s", "load MB/s"
+    );
+    for id in ids {
+        let (Some(s), Some(l)) = (find(saved, id), find(loaded, id)) else {
+            println!("{id:<12} {:>12}", "(missing)");
+            continue;
+        };
+        println!(
+            "{:<12} {:>12} {:>10.2} {:>10.2} {:>10} {:>10}",
+            id,
+            s.bytes,
+            ms(s.duration),
+            ms(l.duration),
+            mbps(s.bytes, s.duration),
+            mbps(l.bytes, l.duration),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_position_independent() {
+        let mut whole = vec![0u8; 10_000];
+        fill(7, 0, &mut whole);
+        let mut part = vec![0u8; 1000];
+        fill(7, 4000, &mut part);
+        assert_eq!(&whole[4000..5000], &part[..]);
+        assert!(verify(7, 10_000, &whole));
+        whole[9999] ^= 1;
+        assert!(!verify(7, 10_000, &whole));
+        assert!(!verify(7, 10_001, &whole));
+        assert!(!verify(8, 10_000, &whole));
+        assert!(verify(1, 0, &[]));
+    }
+}

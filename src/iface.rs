@@ -1,0 +1,170 @@
+//! D-Bus names, paths and limits of the helper interface, and the
+//! coordinator's calls on it.
+//!
+//! This module mirrors `protocol/org.qemu.VMState1.xml`. The interface is
+//! QEMU's own, unchanged, so a helper that works with QEMU's `dbus-vmstate`
+//! object works here too and the other way round.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use zbus::message::Message;
+use zbus::{Connection, Signature, Type};
+
+/// The helper interface, as QEMU defines it.
+pub const INTERFACE: &str = "org.qemu.VMState1";
+/// The object path at which a helper serves [`INTERFACE`].
+pub const OBJECT_PATH: &str = "/org/qemu/VMState1";
+/// The read-only `s` property holding the helper's Id.
+pub const PROPERTY_ID: &str = "Id";
+/// `Save() -> (ay data)`.
+pub const METHOD_SAVE: &str = "Save";
+/// `Load(ay data)`.
+pub const METHOD_LOAD: &str = "Load";
+/// The standard properties interface, through which `Id` is read.
+pub const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
+
+/// Prefix of the names this project adds (error names, extension
+/// interfaces). Documented in `protocol/`.
+pub const EXTENSION_PREFIX: &str = "org.dbusvmstate";
+/// Error a helper returns when its state could not be saved.
+pub const ERROR_SAVE_FAILED: &str = "org.dbusvmstate.Error.SaveFailed";
+/// Error a helper returns when the state it was given could not be loaded.
+pub const ERROR_LOAD_FAILED: &str = "org.dbusvmstate.Error.LoadFailed";
+
+/// Longest helper Id in bytes (QEMU's limit; the shortest is 1).
+pub const MAX_ID_BYTES: usize = crate::stream::MAX_ID_BYTES;
+/// The D-Bus whole-message limit that zbus enforces on both ends.
+pub const MAX_MESSAGE_BYTES: usize = 128 << 20;
+/// Largest `ay` a `Save` reply can carry (measured with zbus 6.2.1: the
+/// reply header and array length take 36 bytes).
+pub const MAX_SAVE_BLOB_BYTES: usize = MAX_MESSAGE_BYTES - 36;
+/// Largest `ay` a `Load` call can carry, with the header fields this crate
+/// sends (path, interface, member; no destination).
+pub const MAX_LOAD_BLOB_BYTES: usize = MAX_MESSAGE_BYTES - 112;
+
+/// How long a coordinator waits for helpers to connect, by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one `Save` or `Load` call may take, by default (QEMU uses 25 s).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new connection has to authenticate and report its Id.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A blob sent as `ay` with one write of the whole slice.
+///
+/// zbus serializes `Vec<u8>` and `&[u8]` byte by byte (tens of MB/s); this
+/// goes through `serialize_bytes` instead.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobRef<'a>(pub &'a [u8]);
+
+impl Serialize for BlobRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+impl Type for BlobRef<'_> {
+    const SIGNATURE: &'static Signature = &Signature::static_array(&Signature::U8);
+}
+
+/// An owned blob sent as `ay` with one write (see [`BlobRef`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl Type for Blob {
+    const SIGNATURE: &'static Signature = &Signature::static_array(&Signature::U8);
+}
+
+/// Reads the helper's `Id` property.
+///
+/// # Errors
+///
+/// The call's error, or [`zbus::Error::InvalidReply`] when the value is not
+/// a string.
+pub async fn read_id(conn: &Connection) -> zbus::Result<String> {
+    let reply = conn
+        .call_method(
+            None::<&str>,
+            OBJECT_PATH,
+            Some(PROPERTIES_INTERFACE),
+            "Get",
+            &(INTERFACE, PROPERTY_ID),
+        )
+        .await?;
+    let body = reply.body();
+    let value: zbus::Variant<'_> = body.deserialize()?;
+    String::try_from(&value).map_err(|_| zbus::Error::InvalidReply)
+}
+
+/// The reply to a `Save` call: its body holds one `ay`, which
+/// [`SaveReply::bytes`] borrows without a copy.
+#[derive(Debug, Clone)]
+pub struct SaveReply(zbus::message::Body);
+
+impl SaveReply {
+    /// Checks that the reply carries exactly one `ay`.
+    ///
+    /// # Errors
+    ///
+    /// [`zbus::Error::SignatureMismatch`] for any other body type.
+    pub fn new(reply: &Message) -> zbus::Result<Self> {
+        let body = reply.body();
+        if body.signature() != <BlobRef<'_> as Type>::SIGNATURE {
+            return Err(zbus::Error::SignatureMismatch(
+                body.signature().clone(),
+                "ay".to_string(),
+            ));
+        }
+        Ok(SaveReply(body))
+    }
+
+    /// The saved state, borrowed from the message buffer.
+    ///
+    /// # Errors
+    ///
+    /// When the body is malformed.
+    pub fn bytes(&self) -> zbus::Result<&[u8]> {
+        self.0.deserialize::<&[u8]>()
+    }
+
+    /// The body size, an upper bound of the state's size (4 bytes more).
+    pub fn body_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Calls `Save` and returns its checked reply.
+///
+/// # Errors
+///
+/// The call's error, or a signature mismatch when the reply is not `ay`.
+pub async fn call_save(conn: &Connection) -> zbus::Result<SaveReply> {
+    let reply = conn
+        .call_method(None::<&str>, OBJECT_PATH, Some(INTERFACE), METHOD_SAVE, &())
+        .await?;
+    SaveReply::new(&reply)
+}
+
+/// Calls `Load` with `data`.
+///
+/// # Errors
+///
+/// The call's error; [`zbus::Error::ExcessData`] when `data` is over
+/// [`MAX_LOAD_BLOB_BYTES`].
+pub async fn call_load(conn: &Connection, data: &[u8]) -> zbus::Result<()> {
+    conn.call_method(
+        None::<&str>,
+        OBJECT_PATH,
+        Some(INTERFACE),
+        METHOD_LOAD,
+        &BlobRef(data),
+    )
+    .await
+    .map(drop)
+}

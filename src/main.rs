@@ -1,0 +1,49 @@
+//! The `dbus-vmstate` command.
+
+mod cli;
+mod demo;
+mod run;
+
+use clap::Parser;
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                cli::EXIT_USAGE
+            } else {
+                cli::EXIT_OK
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let code = match run::run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            run::exit_code(&e)
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("DBUS_VMSTATE_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("dbus_vmstate={level},warn"))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

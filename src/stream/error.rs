@@ -1,0 +1,192 @@
+//! The error type of the stream formats.
+
+use std::fmt;
+
+/// Errors of the stream encoders and decoders.
+///
+/// Every variant about one helper names it when the Id is known;
+/// [`Error::helper_id`] returns it without a match, and [`Error::offset`]
+/// returns the byte offset in the stream where the problem was found.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing the underlying bytes failed.
+    #[error("i/o error")]
+    Io(#[from] std::io::Error),
+
+    /// The input does not start with the native magic.
+    #[error("not a native state stream: bad magic")]
+    BadMagic,
+
+    /// The stream's format version is not one this reader knows.
+    #[error(
+        "unsupported stream format version {found} (this reader supports version {supported})"
+    )]
+    UnsupportedVersion {
+        /// The version in the stream header.
+        found: u32,
+        /// The version this reader supports.
+        supported: u32,
+    },
+
+    /// The stream header sets flags this reader does not know.
+    #[error("unsupported stream header flags {flags:#010x}")]
+    UnsupportedFlags {
+        /// The flags in the stream header.
+        flags: u32,
+    },
+
+    /// The input ended where more was expected.
+    #[error("stream truncated at byte {offset}: expected {expected}")]
+    Truncated {
+        /// Where the input ended.
+        offset: u64,
+        /// What was expected there.
+        expected: &'static str,
+    },
+
+    /// A checksum does not match the bytes it covers.
+    #[error("{}checksum mismatch in {what} at byte {offset}", HelperPrefix(.id))]
+    Checksum {
+        /// Start of the record (or header) whose checksum failed.
+        offset: u64,
+        /// What the checksum covers: the stream header, a record, a blob.
+        what: &'static str,
+        /// The helper, when the failing checksum is a verified blob's.
+        id: Option<String>,
+    },
+
+    /// A size in bytes is over a limit.
+    #[error("{}{what} is too large: {found} bytes is over the limit of {limit} bytes", HelperPrefix(.id))]
+    OverLimit {
+        /// What is too large.
+        what: &'static str,
+        /// Its size in bytes (as far as known when the limit was hit).
+        found: u64,
+        /// The limit in bytes.
+        limit: u64,
+        /// The helper, when known.
+        id: Option<String>,
+    },
+
+    /// A stream holds more helpers than allowed.
+    #[error("too many helpers: {found} is over the limit of {limit}")]
+    TooManyHelpers {
+        /// How many helpers the stream holds (at least).
+        found: u64,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// A helper Id breaks the Id rules (see [`super::validate_id`]).
+    #[error("invalid helper id: {reason}")]
+    InvalidId {
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// Two helpers share one Id.
+    #[error("helper {id:?}: duplicate helper id")]
+    DuplicateId {
+        /// The Id.
+        id: String,
+    },
+
+    /// The stream is structurally wrong: unknown record kind, non-zero
+    /// reserved field, a record for a helper that is not open, a blob
+    /// length that does not match, ...
+    #[error("{}corrupt stream at byte {offset}: {reason}", HelperPrefix(.id))]
+    Corrupt {
+        /// Start of the offending record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+        /// The helper, when known.
+        id: Option<String>,
+    },
+
+    /// Bytes follow the end of a native stream.
+    #[error("trailing data after the end of the stream at byte {offset}")]
+    TrailingData {
+        /// Where the extra bytes start.
+        offset: u64,
+    },
+
+    /// A writer was asked to write to a helper index it has not begun or
+    /// has already ended.
+    #[error("helper index {helper} is not open for writing")]
+    NotOpen {
+        /// The helper index.
+        helper: u32,
+    },
+
+    /// A writer was finished while a helper's blob was still open.
+    #[error("helper {id:?}: blob not ended before the end of the stream")]
+    StillOpen {
+        /// The helper.
+        id: String,
+    },
+
+    /// A reader or writer was used after it had failed; the stream is
+    /// incomplete and cannot be continued.
+    #[error("stream used after an earlier error")]
+    Poisoned,
+}
+
+impl Error {
+    /// The Id of the helper this error is about, if known.
+    pub fn helper_id(&self) -> Option<&str> {
+        match self {
+            Error::Checksum { id, .. }
+            | Error::OverLimit { id, .. }
+            | Error::Corrupt { id, .. } => id.as_deref(),
+            Error::DuplicateId { id } | Error::StillOpen { id } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The byte offset in the stream where the problem was found, if any.
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            Error::Truncated { offset, .. }
+            | Error::Checksum { offset, .. }
+            | Error::Corrupt { offset, .. }
+            | Error::TrailingData { offset } => Some(*offset),
+            _ => None,
+        }
+    }
+
+    /// Whether the input ended early (as opposed to being wrong).
+    pub fn is_truncated(&self) -> bool {
+        matches!(self, Error::Truncated { .. })
+    }
+
+    /// A [`Error::Corrupt`] at `offset`.
+    pub(super) fn corrupt(offset: u64, reason: impl Into<String>, id: Option<&str>) -> Self {
+        Error::Corrupt {
+            offset,
+            reason: reason.into(),
+            id: id.map(str::to_owned),
+        }
+    }
+}
+
+/// The error of parsing a [`super::Format`] name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stream format {name:?} (expected \"native\" or \"qemu\")")]
+pub struct ParseFormatError {
+    /// The name that was given.
+    pub name: String,
+}
+
+/// Formats `helper "id": ` when the Id is known, nothing otherwise.
+struct HelperPrefix<'a>(&'a Option<String>);
+
+impl fmt::Display for HelperPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "helper {id:?}: "),
+            None => Ok(()),
+        }
+    }
+}
