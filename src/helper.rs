@@ -159,6 +159,7 @@ impl Object {
     }
 
     /// Returns the helper's state.
+    #[zbus(out_args("data"))]
     async fn save(&self) -> Result<Blob, CallError> {
         let state = self.state.clone();
         let saved = rt::spawn_blocking(move || state.save()).await;

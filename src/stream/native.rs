@@ -9,7 +9,7 @@
 //! record closes the stream. All integers are little-endian.
 //!
 //! [`Writer`] and [`Reader`] stream through bounded memory;
-//! [`read_all`] and [`write`] work on whole [`Record`]s; [`inspect`]
+//! [`read_all`] and [`write()`] work on whole [`Record`]s; [`inspect`]
 //! verifies a stream without keeping the blobs.
 //!
 //! ```
@@ -244,7 +244,7 @@ pub fn write<W: Write>(w: W, records: &[Record]) -> Result<(), Error> {
 ///
 /// # Errors
 ///
-/// As [`write`], without I/O errors.
+/// As [`write()`], without I/O errors.
 pub fn encode(records: &[Record]) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     write(&mut out, records)?;

@@ -14,7 +14,7 @@
 //! Real QEMU appends zero padding after the entries (it sends the size of
 //! its growable buffer, not the bytes it wrote) and its loader ignores
 //! whatever follows the entries, so [`read`] accepts and counts any
-//! trailing bytes. [`write`] emits the canonical form without padding,
+//! trailing bytes. [`write()`] emits the canonical form without padding,
 //! which QEMU 7.2 loads. The payload has no magic, version or checksum:
 //! it can only be recognised by its structure.
 //!

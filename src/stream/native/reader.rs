@@ -1,6 +1,7 @@
 //! The streaming native reader.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::io::Read;
 
 use super::{
@@ -44,7 +45,6 @@ pub enum Event<'a> {
 /// and intact only at its [`Event::End`]; a consumer must not act on a
 /// blob before then. After any error every further call returns
 /// [`Error::Poisoned`].
-#[derive(Debug)]
 pub struct Reader<R: Read> {
     r: R,
     limits: Limits,
@@ -57,6 +57,19 @@ pub struct Reader<R: Read> {
     ids: HashSet<String>,
     total_bytes: u64,
     state: State,
+}
+
+impl<R: Read> fmt::Debug for Reader<R> {
+    /// Leaves out the input and the payload buffer (up to 16 MiB).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader")
+            .field("limits", &self.limits)
+            .field("offset", &self.offset)
+            .field("helpers", &self.helpers)
+            .field("total_bytes", &self.total_bytes)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -494,6 +494,7 @@ fn reader_is_poisoned_after_an_error_and_done_after_the_end() {
     let mut r = Reader::new(&bytes[..], limits()).unwrap();
     while r.next_event().unwrap().is_some() {}
     assert!(r.next_event().unwrap().is_none());
+    assert!(format!("{r:?}").contains(&format!("offset: {}", bytes.len())));
 
     bytes[33] ^= 0x10;
     let mut r = Reader::new(&bytes[..], limits()).unwrap();

@@ -1,0 +1,121 @@
+//! `protocol/org.qemu.VMState1.xml` is the contract: what a helper built
+//! with this library serves must match it member for member.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::os::unix::net::UnixListener;
+
+use dbus_vmstate::iface;
+use util::*;
+
+/// (kind, name, details) for every member of the interface, from an
+/// introspection document.
+fn members(xml: &str, interface: &str) -> BTreeSet<(String, String, String)> {
+    let doc = roxmltree::Document::parse_with_options(
+        xml,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("valid XML");
+    let iface = doc
+        .descendants()
+        .find(|n| n.has_tag_name("interface") && n.attribute("name") == Some(interface))
+        .unwrap_or_else(|| panic!("interface {interface} not found in:\n{xml}"));
+    let mut out = BTreeSet::new();
+    for m in iface.children().filter(|n| n.is_element()) {
+        let name = m.attribute("name").unwrap_or_default().to_string();
+        match m.tag_name().name() {
+            "property" => {
+                let details = format!(
+                    "type={} access={}",
+                    m.attribute("type").unwrap_or_default(),
+                    m.attribute("access").unwrap_or_default()
+                );
+                out.insert(("property".into(), name, details));
+            }
+            "method" | "signal" => {
+                let args: Vec<String> = m
+                    .children()
+                    .filter(|a| a.has_tag_name("arg"))
+                    .map(|a| {
+                        format!(
+                            "{}:{}:{}",
+                            a.attribute("name").unwrap_or_default(),
+                            a.attribute("type").unwrap_or_default(),
+                            a.attribute("direction").unwrap_or("in")
+                        )
+                    })
+                    .collect();
+                out.insert((m.tag_name().name().into(), name, args.join(",")));
+            }
+            "annotation" => {}
+            other => panic!("unexpected element {other}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn protocol_xml_describes_qemus_interface() {
+    let xml = include_str!("../protocol/org.qemu.VMState1.xml");
+    let got = members(xml, iface::INTERFACE);
+    let want: BTreeSet<_> = [
+        ("property", "Id", "type=s access=read"),
+        ("method", "Load", "data:ay:in"),
+        ("method", "Save", "data:ay:out"),
+    ]
+    .into_iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn helper_serves_exactly_the_protocol_interface() {
+    run(async {
+        let dir = tmpdir();
+        let path = sock(dir.path(), "a");
+        let listener = UnixListener::bind(&path).unwrap();
+        let helper = spawn_helper(&path, MemHelper::new("a", vec![1, 2, 3]));
+        let (stream, _) = listener.accept().unwrap();
+        let conn = zbus::connection::Builder::unix_stream(stream)
+            .server(zbus::Guid::generate())
+            .p2p()
+            .build()
+            .await
+            .unwrap();
+        let reply = conn
+            .call_method(
+                None::<&str>,
+                iface::OBJECT_PATH,
+                Some("org.freedesktop.DBus.Introspectable"),
+                "Introspect",
+                &(),
+            )
+            .await
+            .unwrap();
+        let served: String = reply.body().deserialize().unwrap();
+        let spec = include_str!("../protocol/org.qemu.VMState1.xml");
+        assert_eq!(
+            members(&served, iface::INTERFACE),
+            members(spec, iface::INTERFACE),
+            "served introspection:\n{served}"
+        );
+        conn.close().await.unwrap();
+        helper.await.unwrap();
+    });
+}
+
+#[test]
+fn iface_constants_match_the_protocol_xml() {
+    let xml = include_str!("../protocol/org.qemu.VMState1.xml");
+    assert!(xml.contains(&format!("<interface name=\"{}\">", iface::INTERFACE)));
+    assert!(xml.contains(&format!("<node name=\"{}\">", iface::OBJECT_PATH)));
+    for member in [iface::METHOD_SAVE, iface::METHOD_LOAD] {
+        assert!(xml.contains(&format!("<method name=\"{member}\">")));
+    }
+    assert!(xml.contains(&format!("<property name=\"{}\"", iface::PROPERTY_ID)));
+}
