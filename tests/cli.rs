@@ -23,7 +23,12 @@ fn text(bytes: &[u8]) -> String {
 fn demo_migrates_and_verifies() {
     let out = run_bin(&["demo", "--helpers", "3", "--size", "4097"]);
     let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
     for id in ["helper-1", "helper-2", "helper-3"] {
         let row = stdout
             .lines()
@@ -61,8 +66,14 @@ fn demo_keeps_its_files_in_a_given_directory() {
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.data.len() == 64 << 10));
     // The coordinators removed their sockets.
-    assert_eq!(std::fs::read_dir(dir.path().join("src")).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(dir.path().join("dst")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("src")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("dst")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -119,7 +130,10 @@ fn helper_serves_and_replaces_a_state_file() {
         let status = dbus_vmstate::rt::spawn_blocking(move || child.wait())
             .await
             .unwrap();
-        assert!(status.success(), "helper exits 0 when the coordinator closes");
+        assert!(
+            status.success(),
+            "helper exits 0 when the coordinator closes"
+        );
     });
 }
 
@@ -155,5 +169,9 @@ fn helper_without_coordinator_gives_up_after_its_timeout() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cannot connect to"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot connect to"),
+        "{}",
+        text(&out.stderr)
+    );
 }

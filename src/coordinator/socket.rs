@@ -21,13 +21,17 @@ pub const SOCKET_MODE: u32 = 0o600;
 const LISTEN_BACKLOG: i32 = 16;
 
 /// A socket file this process created. Dropping it removes the file, but
-/// only while the path still names the same inode: a file that another
-/// process put there since is left alone.
+/// only while the path still names the same file (same device, inode and
+/// change time, still a socket): a file that another process put there
+/// since is left alone.
 #[derive(Debug)]
 pub struct BoundPath {
     path: PathBuf,
-    dev: u64,
-    ino: u64,
+    identity: (u64, u64, i64, i64),
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 impl BoundPath {
@@ -40,7 +44,7 @@ impl BoundPath {
 impl Drop for BoundPath {
     fn drop(&mut self) {
         if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if meta.dev() == self.dev && meta.ino() == self.ino {
+            if meta.file_type().is_socket() && identity(&meta) == self.identity {
                 let _ = std::fs::remove_file(&self.path);
             }
         }
@@ -82,13 +86,15 @@ pub fn bind(id: &str, path: &Path) -> Result<(UnixListener, BoundPath), Error> {
     let addr = SockAddr::unix(path).map_err(|e| fail("bad socket path", e))?;
     socket.bind(&addr).map_err(|e| fail("cannot bind", e))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| fail("cannot stat socket", e))?;
-    let guard = BoundPath {
+    let mut guard = BoundPath {
         path: path.to_path_buf(),
-        dev: meta.dev(),
-        ino: meta.ino(),
+        identity: identity(&meta),
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .map_err(|e| fail("cannot set socket mode", e))?;
+    // chmod changed the change time.
+    let meta = std::fs::symlink_metadata(path).map_err(|e| fail("cannot stat socket", e))?;
+    guard.identity = identity(&meta);
     socket
         .listen(LISTEN_BACKLOG)
         .map_err(|e| fail("cannot listen", e))?;
