@@ -169,7 +169,7 @@ async fn check_peer(
         Some(uid) if inner.config.allow_uids.contains(&uid) => {}
         other => return Err((pid, Rejection::Uid(other))),
     }
-    let id = match rt::timeout(inner.config.handshake_timeout, iface::read_id(conn)).await {
+    let id = match rt::timeout(inner.config.handshake_timeout, read_id_when_exported(conn)).await {
         Ok(Ok(id)) => id,
         Ok(Err(e)) => return Err((pid, Rejection::IdCall(e))),
         Err(rt::Elapsed) => return Err((pid, Rejection::IdTimeout)),
@@ -181,4 +181,45 @@ async fn check_peer(
         return Err((pid, Rejection::WrongId(id)));
     }
     Ok((pid, uid))
+}
+
+/// First pause before reading the Id again from a peer that has not
+/// exported its object yet; doubled after each try.
+const ID_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(2);
+/// Longest pause between two reads of the Id.
+const ID_RETRY_MAX_PAUSE: Duration = Duration::from_millis(100);
+
+/// Reads the peer's `Id`, trying again while the peer answers that the
+/// object or interface does not exist (yet).
+///
+/// Libraries other than zbus (GDBus, libdbus, sd-bus) authenticate first
+/// and export objects afterwards, and bus-style helpers export only after
+/// `Hello` and `RequestName`: a read right after the handshake can reach
+/// them before `/org/qemu/VMState1` exists. The caller bounds the retries
+/// with the handshake timeout.
+async fn read_id_when_exported(conn: &Connection) -> zbus::Result<String> {
+    let mut pause = ID_RETRY_FIRST_PAUSE;
+    loop {
+        match iface::read_id(conn).await {
+            Err(e) if not_exported_yet(&e) => {
+                tracing::debug!("Id not readable yet, trying again: {e}");
+                rt::sleep(pause).await;
+                pause = (pause * 2).min(ID_RETRY_MAX_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `e` says the object, interface or method is not there (which
+/// a peer still setting up replies), rather than a real failure.
+fn not_exported_yet(e: &zbus::Error) -> bool {
+    use zbus::fdo::Error as Fdo;
+    match e {
+        zbus::Error::FDO(e) => matches!(
+            **e,
+            Fdo::UnknownObject(_) | Fdo::UnknownInterface(_) | Fdo::UnknownMethod(_)
+        ),
+        _ => false,
+    }
 }

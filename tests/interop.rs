@@ -1,0 +1,146 @@
+//! Helpers and coordinators written on other D-Bus implementations: GLib's
+//! GDBus (PyGObject), libdbus (dbus-python) and systemd's sd-bus (C), each
+//! talking peer to peer with this crate, and bus-style helpers that expect a
+//! message bus on their socket.
+//!
+//! The helper programs live in `tests/interop/`; the Python ones run under
+//! `/usr/bin/python3` (python3-gi, gir1.2-glib-2.0, python3-dbus), the C
+//! one is compiled here with `cc` against libsystemd-dev.
+
+mod util;
+
+#[path = "interop/support.rs"]
+mod support;
+
+use std::process::Command;
+
+use dbus_vmstate::rt;
+use dbus_vmstate::stream::{self, Record};
+use support::*;
+use util::{builder, run, sock, tmpdir};
+
+/// The sizes every stack must move: empty, just over a page, and 16 MiB.
+const SIZES: [(&str, usize); 3] = [("empty", 0), ("page", 4097), ("big", 16 << 20)];
+
+/// Seed of the source helpers' state.
+const SEED: u8 = 0x2b;
+
+/// Starts one helper of a stack: `(address, id, size, seed)` to a command.
+type Launch = fn(&str, &str, usize, u8) -> Command;
+
+fn address(dir: &std::path::Path, id: &str) -> String {
+    format!("unix:path={}", sock(dir, id).display())
+}
+
+async fn wait_all(procs: Vec<Process>) {
+    for p in procs {
+        rt::spawn_blocking(move || p.expect_success()).await;
+    }
+}
+
+/// Saves helpers of one stack holding 0 bytes, 4097 bytes and 16 MiB,
+/// checks every byte of the stream, loads it into fresh, empty helpers of
+/// the same stack and saves those again to check what they received.
+fn migrate(stack: &str, launch: Launch) {
+    let ids: Vec<&str> = SIZES.iter().map(|(id, _)| *id).collect();
+    run(async move {
+        // Source.
+        let dir = tmpdir();
+        let c = builder(dir.path(), &ids).bind().unwrap();
+        let procs: Vec<Process> = SIZES
+            .iter()
+            .map(|&(id, size)| {
+                let cmd = launch(&address(dir.path(), id), id, size, SEED);
+                Process::spawn(&format!("{stack} helper {id}"), cmd)
+            })
+            .collect();
+        let file = dir.path().join("state.vmstate");
+        let report = c
+            .save_to_path(&file)
+            .await
+            .unwrap_or_else(|e| panic!("{stack}: save failed: {e}"));
+        for &(id, size) in &SIZES {
+            let h = report.helpers.iter().find(|h| h.id == id).unwrap();
+            assert_eq!(h.transfer.bytes, size as u64, "{stack} {id}");
+        }
+        let (_, records) =
+            stream::read_records(std::fs::File::open(&file).unwrap(), Default::default()).unwrap();
+        for &(id, size) in &SIZES {
+            let r = records.iter().find(|r| r.id == id).unwrap();
+            assert!(
+                r.data == pattern(size, SEED),
+                "{stack}: {id} saved other bytes"
+            );
+        }
+        c.shutdown().await;
+        wait_all(procs).await;
+
+        // Destination: empty helpers get the stream, then report it back.
+        let dir2 = tmpdir();
+        let c = builder(dir2.path(), &ids).bind().unwrap();
+        let procs: Vec<Process> = SIZES
+            .iter()
+            .map(|&(id, _)| {
+                let cmd = launch(&address(dir2.path(), id), id, 0, 0);
+                Process::spawn(&format!("{stack} helper {id}"), cmd)
+            })
+            .collect();
+        c.load_from_path(&file, None)
+            .await
+            .unwrap_or_else(|e| panic!("{stack}: load failed: {e}"));
+        let (out, _) = c.save(Vec::new()).await.unwrap();
+        let (_, again) = stream::read_records(&out[..], Default::default()).unwrap();
+        for &(id, size) in &SIZES {
+            let r: &Record = again.iter().find(|r| r.id == id).unwrap();
+            assert!(
+                r.data == pattern(size, SEED),
+                "{stack}: {id} holds other bytes after Load"
+            );
+        }
+        c.shutdown().await;
+        wait_all(procs).await;
+    });
+}
+
+fn gdbus_p2p(address: &str, id: &str, size: usize, seed: u8) -> Command {
+    let mut cmd = python_helper("gdbus_helper.py");
+    cmd.args(["--address", address, "--id", id]).args([
+        "--size",
+        &size.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    cmd
+}
+
+#[test]
+fn gdbus_p2p_helper_saves_and_loads() {
+    migrate("GDBus", gdbus_p2p);
+}
+
+fn dbus_python_p2p(address: &str, id: &str, size: usize, seed: u8) -> Command {
+    let mut cmd = python_helper("dbuspy_helper.py");
+    cmd.args(["--address", address, "--id", id]).args([
+        "--size",
+        &size.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]);
+    cmd
+}
+
+#[test]
+fn dbus_python_p2p_helper_saves_and_loads() {
+    migrate("dbus-python", dbus_python_p2p);
+}
+
+fn sdbus_p2p(address: &str, id: &str, size: usize, seed: u8) -> Command {
+    let mut cmd = sdbus_helper();
+    cmd.args([address, id, &size.to_string(), &seed.to_string()]);
+    cmd
+}
+
+#[test]
+fn sdbus_p2p_helper_saves_and_loads() {
+    migrate("sd-bus", sdbus_p2p);
+}
