@@ -88,9 +88,21 @@ impl Type for Blob {
 /// The call's error, or [`zbus::Error::InvalidReply`] when the value is not
 /// a string.
 pub async fn read_id(conn: &Connection) -> zbus::Result<String> {
+    read_id_at(conn, None).await
+}
+
+/// [`read_id`] with a destination header field: the unique name a
+/// bus-style helper was given by the coordinator's `Hello` answer (sd-bus,
+/// for one, ignores calls without a destination on a bus connection).
+/// Peer-to-peer helpers need none.
+///
+/// # Errors
+///
+/// As [`read_id`].
+pub async fn read_id_at(conn: &Connection, destination: Option<&str>) -> zbus::Result<String> {
     let reply = conn
         .call_method(
-            None::<&str>,
+            destination,
             OBJECT_PATH,
             Some(PROPERTIES_INTERFACE),
             "Get",
@@ -145,8 +157,17 @@ impl SaveReply {
 ///
 /// The call's error, or a signature mismatch when the reply is not `ay`.
 pub async fn call_save(conn: &Connection) -> zbus::Result<SaveReply> {
+    call_save_at(conn, None).await
+}
+
+/// [`call_save`] with a destination header field (see [`read_id_at`]).
+///
+/// # Errors
+///
+/// As [`call_save`].
+pub async fn call_save_at(conn: &Connection, destination: Option<&str>) -> zbus::Result<SaveReply> {
     let reply = conn
-        .call_method(None::<&str>, OBJECT_PATH, Some(INTERFACE), METHOD_SAVE, &())
+        .call_method(destination, OBJECT_PATH, Some(INTERFACE), METHOD_SAVE, &())
         .await?;
     SaveReply::new(&reply)
 }
@@ -158,8 +179,24 @@ pub async fn call_save(conn: &Connection) -> zbus::Result<SaveReply> {
 /// The call's error; [`zbus::Error::ExcessData`] when `data` is over
 /// [`MAX_LOAD_BLOB_BYTES`].
 pub async fn call_load(conn: &Connection, data: &[u8]) -> zbus::Result<()> {
+    call_load_at(conn, None, data).await
+}
+
+/// [`call_load`] with a destination header field (see [`read_id_at`]).
+/// The field takes up to 32 bytes of the message, so a blob within 32
+/// bytes of [`MAX_LOAD_BLOB_BYTES`] fails with
+/// [`zbus::Error::ExcessData`].
+///
+/// # Errors
+///
+/// As [`call_load`].
+pub async fn call_load_at(
+    conn: &Connection,
+    destination: Option<&str>,
+    data: &[u8],
+) -> zbus::Result<()> {
     conn.call_method(
-        None::<&str>,
+        destination,
         OBJECT_PATH,
         Some(INTERFACE),
         METHOD_LOAD,

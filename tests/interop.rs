@@ -144,3 +144,36 @@ fn sdbus_p2p(address: &str, id: &str, size: usize, seed: u8) -> Command {
 fn sdbus_p2p_helper_saves_and_loads() {
     migrate("sd-bus", sdbus_p2p);
 }
+
+fn gdbus_bus(address: &str, id: &str, size: usize, seed: u8) -> Command {
+    let mut cmd = gdbus_p2p(address, id, size, seed);
+    cmd.arg("--bus");
+    cmd
+}
+
+#[test]
+fn gdbus_bus_style_helper_saves_and_loads() {
+    migrate("GDBus bus-style", gdbus_bus);
+}
+
+fn dbus_python_bus(address: &str, id: &str, size: usize, seed: u8) -> Command {
+    let mut cmd = dbus_python_p2p(address, id, size, seed);
+    cmd.arg("--bus");
+    cmd
+}
+
+#[test]
+fn dbus_python_bus_style_helper_saves_and_loads() {
+    migrate("dbus-python bus-style", dbus_python_bus);
+}
+
+fn sdbus_bus(address: &str, id: &str, size: usize, seed: u8) -> Command {
+    let mut cmd = sdbus_p2p(address, id, size, seed);
+    cmd.arg("bus");
+    cmd
+}
+
+#[test]
+fn sdbus_bus_style_helper_saves_and_loads() {
+    migrate("sd-bus bus-style", sdbus_bus);
+}

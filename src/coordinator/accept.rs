@@ -1,5 +1,13 @@
 //! Accepting helpers: the D-Bus handshake as server, the peer's uid, its
 //! `Id`, and installing the connection in its slot.
+//!
+//! The handshake accepts the authentication styles of every common D-Bus
+//! library (checked by `tests/interop.rs`): GDBus's bare `AUTH` to list
+//! mechanisms, libdbus's `AUTH EXTERNAL <uid>` exchange, sd-bus's pipelined
+//! `AUTH EXTERNAL`, `DATA`, `NEGOTIATE_UNIX_FD`, `BEGIN` in one write, and
+//! zbus's own. Each connection serves the [`bus_shim`](super::bus_shim) so
+//! that bus-style helpers find the `org.freedesktop.DBus` calls they make
+//! answered.
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
@@ -10,6 +18,7 @@ use futures::future::{AbortHandle, Abortable};
 use zbus::connection::{AuthMechanism, Builder};
 use zbus::{Connection, Guid};
 
+use super::bus_shim::{self, BusShim};
 use super::{Inner, Peer};
 use crate::iface;
 use crate::rt;
@@ -122,19 +131,25 @@ async fn handshake(
 ) -> Result<Peer, (Option<u32>, Rejection)> {
     let slot = &inner.slots[index];
     let limit = inner.config.handshake_timeout;
+    let guid = Guid::generate();
+    let (shim, bus) = BusShim::new(guid.to_string());
     let build = Builder::unix_stream(stream)
-        .server(Guid::generate())
+        .server(guid)
         .p2p()
         .auth_mechanism(AuthMechanism::External)
+        .serve_at(bus_shim::BUS_PATH, shim)
         .build();
     let conn = match rt::timeout(limit, build).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err((None, Rejection::Handshake(e))),
         Err(rt::Elapsed) => return Err((None, Rejection::HandshakeTimeout)),
     };
-    let result = check_peer(inner, index, &conn).await;
+    let result = check_peer(inner, index, &conn, &bus).await;
     match result {
-        Ok((pid, uid)) => {
+        Ok(Checked { pid, uid, bus_name }) => {
+            if let Some(name) = &bus_name {
+                tracing::debug!(unique_name = %name, "bus-style helper");
+            }
             let generation = {
                 let mut state = slot.state();
                 state.next_generation += 1;
@@ -145,6 +160,7 @@ async fn handshake(
                 pid,
                 uid,
                 generation,
+                bus_name,
             })
         }
         Err(rejection) => {
@@ -154,12 +170,14 @@ async fn handshake(
     }
 }
 
-/// Checks the peer's uid and its `Id`; returns its pid and uid.
+/// Checks the peer's uid and its `Id`; returns its pid, uid and, for a
+/// bus-style helper, the unique name it was given.
 async fn check_peer(
     inner: &Inner,
     index: usize,
     conn: &Connection,
-) -> Result<(Option<u32>, Option<u32>), (Option<u32>, Rejection)> {
+    bus: &bus_shim::Shared,
+) -> Result<Checked, (Option<u32>, Rejection)> {
     let creds = conn
         .peer_creds()
         .await
@@ -169,8 +187,13 @@ async fn check_peer(
         Some(uid) if inner.config.allow_uids.contains(&uid) => {}
         other => return Err((pid, Rejection::Uid(other))),
     }
-    let id = match rt::timeout(inner.config.handshake_timeout, read_id_when_exported(conn)).await {
-        Ok(Ok(id)) => id,
+    let read = async {
+        let bus_name = bus_shim::settle(conn, bus).await;
+        let id = read_id_when_exported(conn, bus_name.as_deref()).await;
+        id.map(|id| (id, bus_name))
+    };
+    let (id, bus_name) = match rt::timeout(inner.config.handshake_timeout, read).await {
+        Ok(Ok(found)) => found,
         Ok(Err(e)) => return Err((pid, Rejection::IdCall(e))),
         Err(rt::Elapsed) => return Err((pid, Rejection::IdTimeout)),
     };
@@ -180,7 +203,15 @@ async fn check_peer(
     if id != inner.slots[index].spec.id {
         return Err((pid, Rejection::WrongId(id)));
     }
-    Ok((pid, uid))
+    Ok(Checked { pid, uid, bus_name })
+}
+
+/// What [`check_peer`] found out about an acceptable peer.
+struct Checked {
+    pid: Option<u32>,
+    uid: Option<u32>,
+    /// The unique name of a bus-style helper.
+    bus_name: Option<String>,
 }
 
 /// First pause before reading the Id again from a peer that has not
@@ -188,26 +219,33 @@ async fn check_peer(
 const ID_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(2);
 /// Longest pause between two reads of the Id.
 const ID_RETRY_MAX_PAUSE: Duration = Duration::from_millis(100);
+/// How long one read of the Id may take before it is sent again (a peer
+/// still setting up may drop a call); the handshake timeout bounds all.
+const ID_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Reads the peer's `Id`, trying again while the peer answers that the
-/// object or interface does not exist (yet).
+/// object or interface does not exist (yet), or does not answer.
 ///
 /// Libraries other than zbus (GDBus, libdbus, sd-bus) authenticate first
 /// and export objects afterwards, and bus-style helpers export only after
 /// `Hello` and `RequestName`: a read right after the handshake can reach
 /// them before `/org/qemu/VMState1` exists. The caller bounds the retries
 /// with the handshake timeout.
-async fn read_id_when_exported(conn: &Connection) -> zbus::Result<String> {
+async fn read_id_when_exported(
+    conn: &Connection,
+    destination: Option<&str>,
+) -> zbus::Result<String> {
     let mut pause = ID_RETRY_FIRST_PAUSE;
     loop {
-        match iface::read_id(conn).await {
-            Err(e) if not_exported_yet(&e) => {
+        match rt::timeout(ID_ATTEMPT_TIMEOUT, iface::read_id_at(conn, destination)).await {
+            Ok(Err(e)) if not_exported_yet(&e) => {
                 tracing::debug!("Id not readable yet, trying again: {e}");
-                rt::sleep(pause).await;
-                pause = (pause * 2).min(ID_RETRY_MAX_PAUSE);
             }
-            other => return other,
+            Ok(other) => return other,
+            Err(rt::Elapsed) => tracing::debug!("Id read unanswered, trying again"),
         }
+        rt::sleep(pause).await;
+        pause = (pause * 2).min(ID_RETRY_MAX_PAUSE);
     }
 }
 

@@ -144,23 +144,27 @@ where
         let id = &specs[*hi].id;
         let data = &records[*ri].data;
         let call_started = Instant::now();
-        let result =
-            match rt::timeout(config.call_timeout, iface::call_load(&peer.conn, data)).await {
-                Ok(Ok(())) => Ok(Transfer {
-                    bytes: data.len() as u64,
-                    duration: call_started.elapsed(),
-                }),
-                Ok(Err(source)) => Err(Error::Call {
-                    id: id.clone(),
-                    call: Call::Load,
-                    source: Box::new(source),
-                }),
-                Err(rt::Elapsed) => Err(Error::Timeout {
-                    id: id.clone(),
-                    call: Call::Load,
-                    timeout: config.call_timeout,
-                }),
-            };
+        let result = match rt::timeout(
+            config.call_timeout,
+            iface::call_load_at(&peer.conn, peer.destination(), data),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(Transfer {
+                bytes: data.len() as u64,
+                duration: call_started.elapsed(),
+            }),
+            Ok(Err(source)) => Err(Error::Call {
+                id: id.clone(),
+                call: Call::Load,
+                source: Box::new(source),
+            }),
+            Err(rt::Elapsed) => Err(Error::Timeout {
+                id: id.clone(),
+                call: Call::Load,
+                timeout: config.call_timeout,
+            }),
+        };
         (*hi, result)
     }))
     .await;

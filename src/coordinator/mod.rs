@@ -18,6 +18,7 @@
 //! ```
 
 mod accept;
+mod bus_shim;
 mod load;
 pub(crate) mod policy;
 mod save;
@@ -267,6 +268,17 @@ pub(crate) struct Peer {
     pub pid: Option<u32>,
     pub uid: Option<u32>,
     pub generation: u64,
+    /// The unique name a bus-style helper was given, put in the
+    /// destination field of every call to it; `None` for a peer-to-peer
+    /// helper.
+    pub bus_name: Option<String>,
+}
+
+impl Peer {
+    /// The destination of calls to this helper.
+    pub fn destination(&self) -> Option<&str> {
+        self.bus_name.as_deref()
+    }
 }
 
 #[derive(Debug, Default)]

@@ -149,23 +149,24 @@ async fn save_one(
     let id = &inner.slots[index].spec.id;
     let timeout = inner.config.call_timeout;
     let started = Instant::now();
-    let reply = match rt::timeout(timeout, iface::call_save(&peer.conn)).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(source)) => {
-            return Err(Error::Call {
-                id: id.clone(),
-                call: Call::Save,
-                source: Box::new(source),
-            })
-        }
-        Err(rt::Elapsed) => {
-            return Err(Error::Timeout {
-                id: id.clone(),
-                call: Call::Save,
-                timeout,
-            })
-        }
-    };
+    let reply =
+        match rt::timeout(timeout, iface::call_save_at(&peer.conn, peer.destination())).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(source)) => {
+                return Err(Error::Call {
+                    id: id.clone(),
+                    call: Call::Save,
+                    source: Box::new(source),
+                })
+            }
+            Err(rt::Elapsed) => {
+                return Err(Error::Timeout {
+                    id: id.clone(),
+                    call: Call::Save,
+                    timeout,
+                })
+            }
+        };
     let duration = started.elapsed();
     let size = reply
         .bytes()
