@@ -11,6 +11,8 @@ mod util;
 
 #[path = "interop/support.rs"]
 mod support;
+#[path = "interop/zbus_helper.rs"]
+mod zbus_helper;
 
 use std::process::Command;
 
@@ -176,4 +178,77 @@ fn sdbus_bus(address: &str, id: &str, size: usize, seed: u8) -> Command {
 #[test]
 fn sdbus_bus_style_helper_saves_and_loads() {
     migrate("sd-bus bus-style", sdbus_bus);
+}
+
+/// A zbus helper that connects as to a bus (`Hello`, `AddMatch`,
+/// `RequestName`), saved and loaded at every size, in process.
+#[test]
+fn zbus_bus_style_helper_saves_and_loads() {
+    use std::sync::{Arc, Mutex};
+    let ids: Vec<&str> = SIZES.iter().map(|(id, _)| *id).collect();
+    run(async move {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &ids).bind().unwrap();
+        let mut helpers = Vec::new();
+        for &(id, size) in &SIZES {
+            let data = Arc::new(Mutex::new(pattern(size, SEED)));
+            let addr = address(dir.path(), id);
+            let conn = zbus_helper::connect_bus_style(&addr, id, data.clone()).await;
+            helpers.push((id, size, data, conn));
+        }
+        let (saved, _) = c.save(Vec::new()).await.unwrap();
+        for (_, _, data, _) in &helpers {
+            data.lock().unwrap().clear();
+        }
+        c.load(std::io::Cursor::new(saved), None).await.unwrap();
+        for (id, size, data, conn) in &helpers {
+            assert!(
+                *data.lock().unwrap() == pattern(*size, SEED),
+                "zbus bus-style helper {id} holds other bytes after Load"
+            );
+            assert!(conn.unique_name().is_some(), "{id} got no unique name");
+        }
+        c.shutdown().await;
+    });
+}
+
+/// The other direction: this crate's helper (the `dbus-vmstate helper`
+/// binary) serving a coordinator written on GDBus, a `Gio.DBusServer`.
+#[test]
+fn helper_serves_a_gdbus_coordinator() {
+    let dir = tmpdir();
+    let socket = sock(dir.path(), "fh");
+    let state = dir.path().join("fh.state");
+    std::fs::write(&state, pattern(4097, SEED)).unwrap();
+
+    let mut coordinator = python_helper("gdbus_coordinator.py");
+    coordinator
+        .args(["--socket", socket.to_str().unwrap(), "--id", "fh"])
+        .args(["--size", "4097", "--seed", &SEED.to_string()])
+        .args(["--final-size", "65536", "--final-seed", "9"]);
+    let coordinator = Process::spawn("GDBus coordinator", coordinator);
+
+    let mut helper = Command::new(env!("CARGO_BIN_EXE_dbus-vmstate"));
+    helper
+        .args(["helper", "--socket", socket.to_str().unwrap(), "--id", "fh"])
+        .arg("--state-file")
+        .arg(&state);
+    let helper = Process::spawn("dbus-vmstate helper", helper);
+
+    let said = coordinator.expect_success();
+    for step in [
+        "initial Save: 4097 bytes match",
+        "Save after Load of 16777216 bytes: 16777216 bytes match",
+        "Save after Load of 0 bytes: 0 bytes match",
+    ] {
+        assert!(
+            said.contains(step),
+            "GDBus coordinator did not report {step:?}:\n{said}"
+        );
+    }
+    helper.expect_success();
+    assert!(
+        std::fs::read(&state).unwrap() == pattern(65536, 9),
+        "the state file does not hold what the GDBus coordinator loaded last"
+    );
 }
