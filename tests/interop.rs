@@ -9,6 +9,8 @@
 
 mod util;
 
+#[path = "interop/auth.rs"]
+mod auth;
 #[path = "interop/support.rs"]
 mod support;
 #[path = "interop/zbus_helper.rs"]
