@@ -248,6 +248,10 @@ pub async fn serve(
             what: "D-Bus handshake failed on",
             source: Box::new(source),
         })?;
+    // Tells the coordinator at once that this helper is not bus-style.
+    if let Err(e) = iface::announce_peer_to_peer(&conn).await {
+        tracing::debug!(helper = %id, "cannot announce peer-to-peer: {e}");
+    }
     tracing::info!(helper = %id, socket = %socket.display(), "connected to coordinator");
     conn.closed().await;
     tracing::info!(helper = %id, "coordinator closed the connection");

@@ -114,6 +114,26 @@ pub async fn read_id_at(conn: &Connection, destination: Option<&str>) -> zbus::R
     String::try_from(&value).map_err(|_| zbus::Error::InvalidReply)
 }
 
+/// Sends `org.freedesktop.DBus.Peer.Ping` to the coordinator, with no reply
+/// expected.
+///
+/// A dbus-vmstate coordinator waits briefly after the handshake for a
+/// bus-style helper's `Hello` before it calls the helper; any other first
+/// message tells it at once that the helper speaks peer to peer. Every
+/// D-Bus implementation answers `Peer.Ping` on any path, and with no reply
+/// expected none is sent, so this is harmless to any other coordinator.
+///
+/// # Errors
+///
+/// When the message cannot be sent (the connection is closed).
+pub async fn announce_peer_to_peer(conn: &Connection) -> zbus::Result<()> {
+    let ping = Message::method_call("/", "Ping")
+        .interface("org.freedesktop.DBus.Peer")
+        .with_flags(zbus::message::Flags::NO_REPLY_EXPECTED)
+        .build(&())?;
+    conn.send(&ping).await
+}
+
 /// The reply to a `Save` call: its body holds one `ay`, which
 /// [`SaveReply::bytes`] borrows without a copy.
 #[derive(Debug, Clone)]

@@ -11,6 +11,8 @@ mod util;
 
 #[path = "interop/auth.rs"]
 mod auth;
+#[path = "interop/bus_driver.rs"]
+mod bus_driver;
 #[path = "interop/support.rs"]
 mod support;
 #[path = "interop/zbus_helper.rs"]
@@ -149,9 +151,10 @@ fn sdbus_p2p_helper_saves_and_loads() {
     migrate("sd-bus", sdbus_p2p);
 }
 
+/// Exports its object only once it owns org.qemu.VMState1.
 fn gdbus_bus(address: &str, id: &str, size: usize, seed: u8) -> Command {
     let mut cmd = gdbus_p2p(address, id, size, seed);
-    cmd.arg("--bus");
+    cmd.args(["--bus", "--export-after-name"]);
     cmd
 }
 
@@ -183,33 +186,50 @@ fn sdbus_bus_style_helper_saves_and_loads() {
 }
 
 /// A zbus helper that connects as to a bus (`Hello`, `AddMatch`,
-/// `RequestName`), saved and loaded at every size, in process.
+/// `RequestName`), saved and loaded at every size, in process. The
+/// coordinator's calls carry the unique name it handed out as their
+/// destination.
 #[test]
 fn zbus_bus_style_helper_saves_and_loads() {
-    use std::sync::{Arc, Mutex};
     let ids: Vec<&str> = SIZES.iter().map(|(id, _)| *id).collect();
     run(async move {
         let dir = tmpdir();
         let c = builder(dir.path(), &ids).bind().unwrap();
         let mut helpers = Vec::new();
         for &(id, size) in &SIZES {
-            let data = Arc::new(Mutex::new(pattern(size, SEED)));
+            let seen = zbus_helper::Seen::with(pattern(size, SEED));
             let addr = address(dir.path(), id);
-            let conn = zbus_helper::connect_bus_style(&addr, id, data.clone()).await;
-            helpers.push((id, size, data, conn));
+            let conn = zbus_helper::connect_bus_style(&addr, id, &seen).await;
+            helpers.push((id, size, seen, conn));
         }
         let (saved, _) = c.save(Vec::new()).await.unwrap();
-        for (_, _, data, _) in &helpers {
-            data.lock().unwrap().clear();
+        for (_, _, seen, _) in &helpers {
+            seen.data.lock().unwrap().clear();
         }
         c.load(std::io::Cursor::new(saved), None).await.unwrap();
-        for (id, size, data, conn) in &helpers {
+        for (id, size, seen, conn) in &helpers {
             assert!(
-                *data.lock().unwrap() == pattern(*size, SEED),
+                seen.data() == pattern(*size, SEED),
                 "zbus bus-style helper {id} holds other bytes after Load"
             );
-            assert!(conn.unique_name().is_some(), "{id} got no unique name");
+            let unique = conn.unique_name().expect("a unique name from Hello");
+            assert!(unique.starts_with(":1."), "{unique}");
+            assert_eq!(seen.save_destinations(), vec![Some(unique.to_string())]);
         }
+        c.shutdown().await;
+    });
+}
+
+/// A peer-to-peer helper gets calls with no destination field, as before.
+#[test]
+fn p2p_helper_gets_calls_without_destination() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["p"]).bind().unwrap();
+        let seen = zbus_helper::Seen::with(vec![5; 10]);
+        let _conn = zbus_helper::connect_p2p(&sock(dir.path(), "p"), "p", &seen).await;
+        c.save(Vec::new()).await.unwrap();
+        assert_eq!(seen.save_destinations(), vec![None]);
         c.shutdown().await;
     });
 }

@@ -158,7 +158,9 @@ async fn handshake(
         Ok(Err(panic)) => return Err((None, Rejection::HandshakePanic(panic_text(&*panic)))),
         Err(rt::Elapsed) => return Err((None, Rejection::HandshakeTimeout)),
     };
-    let result = check_peer(inner, index, &conn, &bus).await;
+    // Taken before anything else can await, to see the peer's first message.
+    let messages = zbus::MessageStream::from(&conn);
+    let result = check_peer(inner, index, &conn, &bus, messages).await;
     match result {
         Ok(Checked { pid, uid, bus_name }) => {
             if let Some(name) = &bus_name {
@@ -202,6 +204,7 @@ async fn check_peer(
     index: usize,
     conn: &Connection,
     bus: &bus_shim::Shared,
+    messages: zbus::MessageStream,
 ) -> Result<Checked, (Option<u32>, Rejection)> {
     let creds = conn
         .peer_creds()
@@ -213,7 +216,7 @@ async fn check_peer(
         other => return Err((pid, Rejection::Uid(other))),
     }
     let read = async {
-        let bus_name = bus_shim::settle(conn, bus).await;
+        let bus_name = bus_shim::settle(messages, bus).await;
         let id = read_id_when_exported(conn, bus_name.as_deref()).await;
         id.map(|id| (id, bus_name))
     };

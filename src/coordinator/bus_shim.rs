@@ -290,8 +290,11 @@ impl BusShim {
 
 /// How long a new peer has to send its first message before it is taken
 /// for a peer-to-peer helper. Bus-style libraries send `Hello` right after
-/// the handshake; peer-to-peer helpers usually send nothing.
-pub(crate) const FIRST_MESSAGE_GRACE: Duration = Duration::from_millis(50);
+/// the handshake, but only once they have read the handshake's last reply:
+/// this leaves room for a busy machine to schedule them. Peer-to-peer
+/// helpers usually send nothing (this crate's helpers announce themselves
+/// with a `Ping`, see [`crate::iface::announce_peer_to_peer`]).
+pub(crate) const FIRST_MESSAGE_GRACE: Duration = Duration::from_millis(200);
 
 /// How long a bus-style peer has, after its `Hello` was answered, to make
 /// its next bus call (typically `AddMatch` or `RequestName`) before the
@@ -308,8 +311,9 @@ pub(crate) const BUS_SETUP_GRACE: Duration = Duration::from_millis(250);
 /// For a peer that says `Hello`, it ends after the reply has been sent and
 /// the peer has made another bus call, or [`BUS_SETUP_GRACE`] has passed.
 /// The caller bounds the whole wait.
-pub(crate) async fn settle(conn: &Connection, bus: &Shared) -> Option<String> {
-    let mut messages = zbus::MessageStream::from(conn);
+/// `messages` must have been taken from the connection as soon as it was
+/// built, so that it sees the peer's first message.
+pub(crate) async fn settle(mut messages: zbus::MessageStream, bus: &Shared) -> Option<String> {
     let start = Instant::now();
     let mut saw_hello = false;
     let mut answered_at = None;

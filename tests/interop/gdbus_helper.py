@@ -7,7 +7,8 @@ serves /org/qemu/VMState1 on that connection.
 Bus style (--bus): connects to ADDRESS as to a message bus
 (MESSAGE_BUS_CONNECTION: GDBus sends Hello), exports the object and owns the
 name org.qemu.VMState1 with g_bus_own_name_on_connection, the way helpers
-written for QEMU's dbus-vmstate do.
+written for QEMU's dbus-vmstate do; with --export-after-name, the object is
+exported only from the name-acquired callback.
 
 The state starts as --size bytes of the test pattern (byte i is
 (i % 251 + seed) mod 256). The process exits 0 when the peer closes the
@@ -35,6 +36,11 @@ def main():
     parser.add_argument("--size", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bus", action="store_true")
+    parser.add_argument(
+        "--export-after-name",
+        action="store_true",
+        help="bus style: export the object only once the name is acquired",
+    )
     args = parser.parse_args()
 
     state = {"data": pattern(args.size, args.seed)}
@@ -75,7 +81,12 @@ def main():
         return GLib.Variant("s", args.id)
 
     info = Gio.DBusNodeInfo.new_for_xml(XML).lookup_interface(INTERFACE)
-    conn.register_object(PATH, info, on_call, on_get, None)
+
+    def export():
+        conn.register_object(PATH, info, on_call, on_get, None)
+
+    if not args.export_after_name:
+        export()
 
     def on_closed(connection, remote_peer_vanished, error):
         outcome["status"] = 0
@@ -86,6 +97,8 @@ def main():
     if args.bus:
         def on_acquired(connection, name):
             log(f"acquired {name}")
+            if args.export_after_name:
+                export()
 
         def on_lost(connection, name):
             # Also called when the connection closes.
