@@ -274,3 +274,34 @@ fn helper_serves_a_gdbus_coordinator() {
         "the state file does not hold what the GDBus coordinator loaded last"
     );
 }
+
+/// QEMU to dbus-vmstate with unmodified helpers: the payload QEMU 7.2
+/// wrote loads into bus-style GDBus helpers (as QEMU's own dbus-vmstate
+/// test helpers are written) on their per-helper sockets.
+#[test]
+fn qemu_payload_loads_into_bus_style_gdbus_helpers() {
+    let vector = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/qemu-7.2-two-helpers.payload");
+    run(async move {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["idA", "idB"]).bind().unwrap();
+        let procs: Vec<Process> = ["idA", "idB"]
+            .iter()
+            .map(|id| Process::spawn(id, gdbus_bus(&address(dir.path(), id), id, 0, 0)))
+            .collect();
+        let report = c.load_from_path(&vector, None).await.unwrap();
+        assert_eq!(report.format, stream::Format::Qemu);
+        let (out, _) = c.save(Vec::new()).await.unwrap();
+        let (_, mut records) = stream::read_records(&out[..], Default::default()).unwrap();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(
+            records,
+            vec![
+                Record::new("idA", b"I'am\0idA!\0".to_vec()),
+                Record::new("idB", b"I'am\0idB!\0".to_vec()),
+            ]
+        );
+        c.shutdown().await;
+        wait_all(procs).await;
+    });
+}
