@@ -32,6 +32,21 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// A Python helper script run by the system interpreter.
 pub fn python_helper(script: &str) -> Command {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let check = "import gi; gi.require_version('Gio', '2.0'); \
+                     from gi.repository import Gio; import dbus, dbus.mainloop.glib";
+        let out = Command::new(PYTHON)
+            .args(["-c", check])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {PYTHON}: {e}"));
+        assert!(
+            out.status.success(),
+            "{PYTHON} lacks PyGObject or dbus-python (Debian: python3-gi \
+             gir1.2-glib-2.0 python3-dbus):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
     let mut cmd = Command::new(PYTHON);
     cmd.arg("-u").arg(interop_file(script));
     cmd
