@@ -44,6 +44,9 @@ const RELEASE_NAME_RELEASED: u32 = 1;
 /// `ReleaseName` reply: nobody owned the name.
 const RELEASE_NAME_NON_EXISTENT: u32 = 2;
 
+/// Most well-known names one helper may own at once.
+const MAX_NAMES_PER_PEER: usize = 256;
+
 /// Source of unique names, shared by all connections of the process so
 /// that no two peers get the same one.
 static NEXT_UNIQUE: AtomicU64 = AtomicU64::new(1);
@@ -55,7 +58,7 @@ struct PeerState {
     hello_called: bool,
     /// Whether the reply to `Hello` has been sent.
     hello_answered: bool,
-    /// Calls answered after `Hello`.
+    /// Calls answered since `Hello` was called.
     calls_after_hello: u64,
     /// Well-known names the peer owns.
     names: BTreeSet<String>,
@@ -95,19 +98,22 @@ impl Shared {
         self.changed.listen()
     }
 
-    /// Records an answered call and wakes the accept code.
+    /// Records an answered call (other than `Hello`) and wakes the accept
+    /// code.
     fn touched(&self) {
         {
             let mut state = self.state();
-            if state.hello_answered {
+            if state.hello_called {
                 state.calls_after_hello += 1;
             }
         }
         self.changed.notify(usize::MAX);
     }
 
-    /// Whether the peer has called the bus again since its `Hello` was
-    /// answered, which shows it has taken in the reply.
+    /// Whether the peer has called the bus again since `Hello`. Clients
+    /// make their next bus call only once they have taken in the reply to
+    /// `Hello` (they block on it, or their connection is not set up
+    /// before it).
     fn called_after_hello(&self) -> bool {
         self.state().calls_after_hello > 0
     }
@@ -193,7 +199,7 @@ impl BusShim {
             }
             state.hello_called = true;
         }
-        self.shared.touched();
+        self.shared.changed.notify(usize::MAX);
         let (reply, sent) = ResponseDispatchNotifier::new(self.shared.unique_name.to_string());
         let shared = self.shared.clone();
         drop(crate::rt::spawn(async move {
@@ -213,7 +219,15 @@ impl BusShim {
         #[zbus(connection)] conn: &Connection,
     ) -> fdo::Result<u32> {
         ownable(&name)?;
-        let fresh = self.shared.state().names.insert(name.clone());
+        let fresh = {
+            let mut state = self.shared.state();
+            if !state.names.contains(&name) && state.names.len() >= MAX_NAMES_PER_PEER {
+                return Err(fdo::Error::LimitsExceeded(format!(
+                    "a helper may own at most {MAX_NAMES_PER_PEER} names"
+                )));
+            }
+            state.names.insert(name.clone())
+        };
         let reply = if fresh {
             self.signal_name(conn, "NameAcquired", &name).await?;
             REQUEST_NAME_PRIMARY_OWNER
@@ -311,6 +325,7 @@ pub(crate) const BUS_SETUP_GRACE: Duration = Duration::from_millis(250);
 /// For a peer that says `Hello`, it ends after the reply has been sent and
 /// the peer has made another bus call, or [`BUS_SETUP_GRACE`] has passed.
 /// The caller bounds the whole wait.
+///
 /// `messages` must have been taken from the connection as soon as it was
 /// built, so that it sees the peer's first message.
 pub(crate) async fn settle(mut messages: zbus::MessageStream, bus: &Shared) -> Option<String> {
