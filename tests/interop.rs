@@ -305,3 +305,40 @@ fn qemu_payload_loads_into_bus_style_gdbus_helpers() {
         wait_all(procs).await;
     });
 }
+
+/// A bus-style helper is held to its socket's Id like any other, and one
+/// that never exports its object is turned away with the reason.
+#[test]
+fn bus_style_helpers_are_checked_like_any_other() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a", "quiet"])
+            .handshake_timeout(std::time::Duration::from_millis(800))
+            .bind()
+            .unwrap();
+        let seen = zbus_helper::Seen::with(vec![1]);
+        // The coordinator may close either before its RequestName is
+        // answered: what counts is the reason it records.
+        let _wrong =
+            zbus_helper::try_connect_bus_style(&address(dir.path(), "a"), "b", &seen).await;
+        let _quiet =
+            zbus_helper::connect_bus_style_elsewhere(&address(dir.path(), "quiet"), "quiet").await;
+        let reasons = |c: &dbus_vmstate::coordinator::Coordinator| {
+            c.status()
+                .into_iter()
+                .map(|s| s.last_rejection.unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        for _ in 0..300 {
+            if reasons(&c).iter().all(|r| !r.is_empty()) {
+                break;
+            }
+            rt::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let why = reasons(&c);
+        assert!(why[0].contains(r#"it claims Id "b""#), "{why:?}");
+        assert!(why[1].contains("UnknownObject"), "{why:?}");
+        assert!(c.status().iter().all(|s| !s.connected));
+        c.shutdown().await;
+    });
+}

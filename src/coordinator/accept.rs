@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{AbortHandle, Abortable};
 use futures::FutureExt;
@@ -215,9 +215,10 @@ async fn check_peer(
         Some(uid) if inner.config.allow_uids.contains(&uid) => {}
         other => return Err((pid, Rejection::Uid(other))),
     }
+    let deadline = Instant::now() + inner.config.handshake_timeout;
     let read = async {
         let bus_name = bus_shim::settle(messages, bus).await;
-        let id = read_id_when_exported(conn, bus_name.as_deref()).await;
+        let id = read_id_when_exported(conn, bus_name.as_deref(), deadline).await;
         id.map(|id| (id, bus_name))
     };
     let (id, bus_name) = match rt::timeout(inner.config.handshake_timeout, read).await {
@@ -252,21 +253,26 @@ const ID_RETRY_MAX_PAUSE: Duration = Duration::from_millis(100);
 const ID_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Reads the peer's `Id`, trying again while the peer answers that the
-/// object or interface does not exist (yet), or does not answer.
+/// object or interface does not exist (yet), or does not answer, until
+/// `deadline`; then the last answer is the error.
 ///
 /// Libraries other than zbus (GDBus, libdbus, sd-bus) authenticate first
 /// and export objects afterwards, and bus-style helpers export only after
 /// `Hello` and `RequestName`: a read right after the handshake can reach
-/// them before `/org/qemu/VMState1` exists. The caller bounds the retries
-/// with the handshake timeout.
+/// them before `/org/qemu/VMState1` exists. The caller also bounds the
+/// whole read with a timeout at `deadline`.
 async fn read_id_when_exported(
     conn: &Connection,
     destination: Option<&str>,
+    deadline: Instant,
 ) -> zbus::Result<String> {
     let mut pause = ID_RETRY_FIRST_PAUSE;
     loop {
         match rt::timeout(ID_ATTEMPT_TIMEOUT, iface::read_id_at(conn, destination)).await {
             Ok(Err(e)) if not_exported_yet(&e) => {
+                if Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
                 tracing::debug!("Id not readable yet, trying again: {e}");
             }
             Ok(other) => return other,

@@ -70,12 +70,23 @@ fn object(id: &str, seen: &Seen) -> VmState {
 /// Connects to `address` as to a message bus, owns org.qemu.VMState1 and
 /// serves as helper `id`. Keep the connection for the test.
 pub async fn connect_bus_style(address: &str, id: &str, seen: &Seen) -> Connection {
+    try_connect_bus_style(address, id, seen)
+        .await
+        .unwrap_or_else(|e| panic!("zbus bus-style helper {id}: {e}"))
+}
+
+/// [`connect_bus_style`], for a helper the coordinator may turn away
+/// before the helper's own setup is done.
+pub async fn try_connect_bus_style(
+    address: &str,
+    id: &str,
+    seen: &Seen,
+) -> zbus::Result<Connection> {
     zbus::connection::Builder::address(address)
         .name(iface::INTERFACE)
         .serve_at(iface::OBJECT_PATH, object(id, seen))
         .build()
         .await
-        .unwrap_or_else(|e| panic!("zbus bus-style helper {id}: {e}"))
 }
 
 /// Connects to `socket` peer to peer and serves as helper `id`.
@@ -87,4 +98,14 @@ pub async fn connect_p2p(socket: &std::path::Path, id: &str, seen: &Seen) -> Con
         .build()
         .await
         .unwrap_or_else(|e| panic!("zbus p2p helper {id}: {e}"))
+}
+
+/// A bus-style helper that serves its object at the wrong path, so that
+/// reading its Id keeps failing with `UnknownObject`.
+pub async fn connect_bus_style_elsewhere(address: &str, id: &str) -> zbus::Result<Connection> {
+    zbus::connection::Builder::address(address)
+        .name(iface::INTERFACE)
+        .serve_at("/elsewhere", object(id, &Seen::default()))
+        .build()
+        .await
 }
