@@ -16,6 +16,12 @@
 //!   each with its own timeout, and writes (or reads and verifies) a
 //!   versioned, checksummed **state stream** ([`stream`]).
 //!
+//! Helpers may be written on any D-Bus library (GDBus, libdbus, sd-bus,
+//! zbus, ...). Helpers written for QEMU's `dbus-vmstate`, which expect a bus
+//! (`Hello`, `RequestName("org.qemu.VMState1")`), work unmodified with their
+//! socket as their bus address: the coordinator answers those
+//! `org.freedesktop.DBus` calls itself (`protocol/README.md`).
+//!
 //! ```text
 //!  coordinator                                  helper "slirp"
 //!  bind DIR/slirp.sock (0600) ─────────────────  connect DIR/slirp.sock
