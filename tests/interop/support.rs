@@ -48,7 +48,8 @@ pub fn python_helper(script: &str) -> Command {
         );
     });
     let mut cmd = Command::new(PYTHON);
-    cmd.arg("-u").arg(interop_file(script));
+    // -B: leave no __pycache__ in the source tree.
+    cmd.args(["-u", "-B"]).arg(interop_file(script));
     cmd
 }
 
