@@ -371,3 +371,33 @@ fn a_helper_cannot_reach_another_helper_through_the_coordinator() {
         assert_eq!(b.saves(), 0, "nothing is routed to b");
     });
 }
+
+#[test]
+fn helper_that_disconnects_between_calls_and_reconnects_is_served() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"]).bind().unwrap();
+        let path = sock(dir.path(), "a");
+        let first = connect_any_id(&path, "a").await;
+        connected(&c).await;
+        c.save(Vec::new()).await.unwrap();
+        first.close().await.unwrap();
+        // The coordinator notices the hang-up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.status()[0].connected {
+            assert!(Instant::now() < deadline, "disconnect not noticed");
+            dbus_vmstate::rt::sleep(Duration::from_millis(10)).await;
+        }
+        // A save now waits for it to come back.
+        let save = async { c.save(Vec::new()).await };
+        let reconnect = async {
+            dbus_vmstate::rt::sleep(Duration::from_millis(200)).await;
+            connect_any_id(&path, "a").await
+        };
+        let (saved, _conn) = futures::join!(save, reconnect);
+        let (out, report) = saved.unwrap();
+        assert_eq!(report.helpers.len(), 1);
+        let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
+        assert_eq!(records[0].data, b"impostor");
+    });
+}
