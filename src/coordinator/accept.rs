@@ -99,17 +99,17 @@ async fn admit(inner: Arc<Inner>, index: usize, stream: UnixStream) {
     match handshake(&inner, index, stream).await {
         Ok(peer) => {
             if inner.stopping.load(Ordering::Acquire) {
-                let _ = peer.conn.close().await;
+                peer.conn.close_now().await;
                 return;
             }
-            let conn = peer.conn.clone();
+            let conn = Connection::clone(&peer.conn);
             let generation = peer.generation;
             tracing::info!(helper = %id, pid = ?peer.pid, uid = ?peer.uid, "helper connected");
             let old = slot.state().peer.replace(peer);
             inner.notify();
             if let Some(old) = old {
+                // Closed once a call still running on it (if any) is done.
                 tracing::info!(helper = %id, old_pid = ?old.pid, "replacing older connection");
-                let _ = old.conn.close().await;
             }
             watch(inner.clone(), index, conn, generation).await;
         }
@@ -172,7 +172,7 @@ async fn handshake(
                 state.next_generation
             };
             Ok(Peer {
-                conn,
+                conn: super::PeerConn::new(conn),
                 pid,
                 uid,
                 generation,

@@ -111,6 +111,7 @@ pub(crate) struct Config {
     pub call_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_blob_bytes: u64,
+    pub socket_owner: Option<(u32, Option<u32>)>,
 }
 
 /// Configures and binds a [`Coordinator`].
@@ -123,6 +124,7 @@ pub struct Builder {
     call_timeout: Duration,
     handshake_timeout: Duration,
     max_blob_bytes: u64,
+    socket_owner: Option<(u32, Option<u32>)>,
 }
 
 impl Default for Builder {
@@ -142,6 +144,7 @@ impl Builder {
             call_timeout: iface::DEFAULT_CALL_TIMEOUT,
             handshake_timeout: iface::DEFAULT_HANDSHAKE_TIMEOUT,
             max_blob_bytes: iface::MAX_SAVE_BLOB_BYTES as u64,
+            socket_owner: None,
         }
     }
 
@@ -180,6 +183,16 @@ impl Builder {
     /// coordinator's own effective uid is accepted.
     pub fn allow_uid(mut self, uid: u32) -> Self {
         self.allow_uids.push(uid);
+        self
+    }
+
+    /// Gives every socket file to `uid` (and `gid`, if given), keeping mode
+    /// 0600, so that helpers running as that user can connect while others
+    /// cannot; `uid` is added to the allowed peer uids. This is how a
+    /// coordinator running as root serves helpers that run as an
+    /// unprivileged user. Changing a file's owner needs privilege.
+    pub fn socket_owner(mut self, uid: u32, gid: Option<u32>) -> Self {
+        self.socket_owner = Some((uid, gid));
         self
     }
 
@@ -230,6 +243,7 @@ impl Builder {
             call_timeout,
             handshake_timeout,
             max_blob_bytes,
+            socket_owner,
         } = self;
         policy::check_helpers(&helpers)?;
         for id in &optional {
@@ -244,6 +258,11 @@ impl Builder {
         if allow_uids.is_empty() {
             allow_uids.push(effective_uid());
         }
+        if let Some((uid, _)) = socket_owner {
+            if !allow_uids.contains(&uid) {
+                allow_uids.push(uid);
+            }
+        }
         Ok(Config {
             helpers,
             allow_uids,
@@ -251,6 +270,7 @@ impl Builder {
             call_timeout,
             handshake_timeout,
             max_blob_bytes,
+            socket_owner,
         })
     }
 }
@@ -261,10 +281,45 @@ pub(crate) fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// A helper's connection, closed when the last user lets go of it: a
+/// helper that reconnects replaces the slot's reference at once, while a
+/// `Save` or `Load` already running on the old connection finishes first.
+#[derive(Debug)]
+pub(crate) struct PeerConn(Connection);
+
+impl PeerConn {
+    pub fn new(conn: Connection) -> Arc<Self> {
+        Arc::new(PeerConn(conn))
+    }
+
+    /// Closes the connection now, even while calls are in flight.
+    pub async fn close_now(&self) {
+        let _ = self.0.clone().close().await;
+    }
+}
+
+impl std::ops::Deref for PeerConn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        if !self.0.is_closed() {
+            let conn = self.0.clone();
+            drop(crate::rt::spawn(async move {
+                let _ = conn.close().await;
+            }));
+        }
+    }
+}
+
 /// A connected helper.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
-    pub conn: Connection,
+    pub conn: Arc<PeerConn>,
     pub pid: Option<u32>,
     pub uid: Option<u32>,
     pub generation: u64,
@@ -377,7 +432,7 @@ impl Coordinator {
         let mut bound = Vec::with_capacity(config.helpers.len());
         for spec in &config.helpers {
             // On error, the guards bound so far drop and remove their files.
-            let (listener, guard) = socket::bind(&spec.id, &spec.socket)?;
+            let (listener, guard) = socket::bind(&spec.id, &spec.socket, config.socket_owner)?;
             listeners.push(listener);
             bound.push(guard);
         }
@@ -550,14 +605,14 @@ impl Coordinator {
     pub async fn shutdown(mut self) {
         let peers = self.stop();
         for conn in peers {
-            let _ = conn.close().await;
+            conn.close_now().await;
         }
         self.bound.clear();
     }
 
     /// Stops the accept tasks and takes every peer out; returns their
     /// connections for closing.
-    fn stop(&mut self) -> Vec<Connection> {
+    fn stop(&mut self) -> Vec<Arc<PeerConn>> {
         self.inner.stopping.store(true, Ordering::Release);
         for task in self.accept_tasks.drain(..) {
             task.abort();
@@ -581,7 +636,7 @@ impl Drop for Coordinator {
             // Connections close asynchronously; the helpers see EOF.
             drop(crate::rt::spawn(async move {
                 for conn in peers {
-                    let _ = conn.close().await;
+                    conn.close_now().await;
                 }
             }));
         }

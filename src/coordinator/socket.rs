@@ -2,7 +2,7 @@
 //! and removal on shutdown.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -51,7 +51,9 @@ impl Drop for BoundPath {
     }
 }
 
-/// Binds a listening Unix socket at `path` for helper `id`, mode 0600.
+/// Binds a listening Unix socket at `path` for helper `id`, mode 0600,
+/// owned by `owner` (uid, gid) when given (changing the owner needs
+/// privilege).
 ///
 /// A socket file left behind by a dead process (nothing accepts on it) is
 /// replaced. A socket where a live process answers, or any path that is not
@@ -60,7 +62,11 @@ impl Drop for BoundPath {
 /// # Errors
 ///
 /// [`Error::SocketInUse`] for a live listener, [`Error::Bind`] otherwise.
-pub fn bind(id: &str, path: &Path) -> Result<(UnixListener, BoundPath), Error> {
+pub fn bind(
+    id: &str,
+    path: &Path,
+    owner: Option<(u32, Option<u32>)>,
+) -> Result<(UnixListener, BoundPath), Error> {
     let fail = |reason: &'static str, source: io::Error| Error::Bind {
         id: id.to_string(),
         path: path.to_path_buf(),
@@ -79,6 +85,7 @@ pub fn bind(id: &str, path: &Path) -> Result<(UnixListener, BoundPath), Error> {
             ),
         ));
     }
+    check_dir(id, path)?;
     remove_stale(id, path)?;
 
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
@@ -92,13 +99,75 @@ pub fn bind(id: &str, path: &Path) -> Result<(UnixListener, BoundPath), Error> {
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
         .map_err(|e| fail("cannot set socket mode", e))?;
-    // chmod changed the change time.
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), gid)
+            .map_err(|e| fail("cannot change the socket's owner", e))?;
+    }
+    // chmod and chown changed the change time.
     let meta = std::fs::symlink_metadata(path).map_err(|e| fail("cannot stat socket", e))?;
     guard.identity = identity(&meta);
     socket
         .listen(LISTEN_BACKLOG)
         .map_err(|e| fail("cannot listen", e))?;
     Ok((socket.into(), guard))
+}
+
+/// Mode of socket directories the coordinator creates.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Makes sure the directory holding a socket is safe: created 0700 when
+/// missing; refused when another user owns it or when it is group- or
+/// world-writable (anyone who can write there could replace the socket
+/// and impersonate the coordinator to helpers).
+fn check_dir(id: &str, path: &Path) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let fail = |reason: &'static str, source: io::Error| Error::Bind {
+        id: id.to_string(),
+        path: path.to_path_buf(),
+        reason,
+        source,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(|e| fail("cannot create the socket directory", e))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| fail("cannot stat the socket directory", e))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        return Err(fail(
+            "unsafe socket directory",
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is group- or world-writable (mode {:o}): another user could replace \
+                     the socket; use a directory of its own with mode 0700",
+                    dir.display(),
+                    mode & 0o7777
+                ),
+            ),
+        ));
+    }
+    let me = super::effective_uid();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(fail(
+            "unsafe socket directory",
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} belongs to uid {}, not to this process (uid {me}) or root",
+                    dir.display(),
+                    meta.uid()
+                ),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Removes `path` if it is a socket nobody listens on.
@@ -154,7 +223,7 @@ mod tests {
     fn binds_with_mode_0600_and_removes_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.sock");
-        let (_l, guard) = bind("a", &path).unwrap();
+        let (_l, guard) = bind("a", &path, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         drop(guard);
@@ -168,7 +237,7 @@ mod tests {
         let stale = UnixListener::bind(&path).unwrap();
         drop(stale); // file remains, nobody listens
         assert!(path.exists());
-        let (_l, _guard) = bind("a", &path).unwrap();
+        let (_l, _guard) = bind("a", &path, None).unwrap();
         UnixStream::connect(&path).unwrap();
     }
 
@@ -177,7 +246,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.sock");
         let _live = UnixListener::bind(&path).unwrap();
-        let err = bind("a", &path).unwrap_err();
+        let err = bind("a", &path, None).unwrap_err();
         assert!(matches!(err, Error::SocketInUse { .. }), "{err}");
         assert!(path.exists());
     }
@@ -187,15 +256,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.sock");
         std::fs::write(&path, b"keep me").unwrap();
-        let err = bind("a", &path).unwrap_err();
+        let err = bind("a", &path, None).unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
     }
 
     #[test]
+    fn creates_missing_directory_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/sub/a.sock");
+        let (_l, _guard) = bind("a", &path, None).unwrap();
+        for d in [dir.path().join("new"), dir.path().join("new/sub")] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn refuses_group_or_world_writable_directory() {
+        for mode in [0o770, 0o702, 0o1777] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let path = dir.path().join("a.sock");
+            let err = bind("a", &path, None).unwrap_err();
+            let text = crate::error::chain(&err);
+            assert!(
+                text.contains("group- or world-writable"),
+                "{mode:o}: {text}"
+            );
+            assert!(!path.exists());
+        }
+    }
+
+    #[test]
+    fn accepts_private_and_read_only_shared_directories() {
+        for mode in [0o700, 0o755, 0o711] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            bind("a", &dir.path().join("a.sock"), None).unwrap();
+        }
+    }
+
+    #[test]
     fn refuses_long_path() {
         let path = PathBuf::from(format!("/tmp/{}", "x".repeat(120)));
-        let err = bind("a", &path).unwrap_err();
+        let err = bind("a", &path, None).unwrap_err();
         assert!(err.to_string().contains("too long"), "{err}");
     }
 
@@ -203,7 +308,7 @@ mod tests {
     fn guard_leaves_replaced_file_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.sock");
-        let (l, guard) = bind("a", &path).unwrap();
+        let (l, guard) = bind("a", &path, None).unwrap();
         drop(l);
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"other").unwrap();

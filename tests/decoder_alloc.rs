@@ -1,0 +1,198 @@
+//! Decoders never allocate beyond their caps, whatever the input claims:
+//! a counting allocator measures the peak of each decode on this thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use dbus_vmstate::stream::{self, native, qemu, Limits, Record};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+/// Counts live bytes and their peak, per thread (tests run in parallel).
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn track(delta: isize) {
+    // `try_with`: the thread-local may already be gone while a thread exits.
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+// SAFETY: forwards every call to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        track(layout.size() as isize);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        track(-(layout.size() as isize));
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        track(layout.size() as isize);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        track(new_size as isize - layout.size() as isize);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Peak bytes allocated (above the level at the start) while `f` runs.
+fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let start = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(start));
+    let out = f();
+    let peak = PEAK.with(Cell::get) - start;
+    (out, peak.max(0) as usize)
+}
+
+const LIMITS: Limits = Limits {
+    max_blob_bytes: 64 << 10,
+    max_helpers: 16,
+};
+
+/// What a decode of `input_len` bytes may allocate: the input's own size
+/// twice over (records kept, buffers grown by doubling), one blob at the
+/// cap, and a fixed allowance for bookkeeping.
+fn bound(input_len: usize) -> usize {
+    2 * input_len + LIMITS.max_blob_bytes as usize + (64 << 10)
+}
+
+/// A native header followed by one record header claiming `len` payload
+/// bytes that never come.
+fn native_claiming(len: u32, kind: u8) -> Vec<u8> {
+    let mut bytes = native::encode(&[]).unwrap()[..native::HEADER_BYTES].to_vec();
+    if kind != 1 {
+        bytes.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, b'a']);
+        let crc = crc32c::crc32c(&bytes[native::HEADER_BYTES..]);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+    }
+    bytes.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
+}
+
+/// A QEMU payload whose one entry claims `len` data bytes.
+fn qemu_claiming(nelem: u32, len: u32) -> Vec<u8> {
+    let mut bytes = nelem.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&1u32.to_be_bytes());
+    bytes.push(b'a');
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes
+}
+
+#[test]
+fn the_counting_allocator_sees_allocations() {
+    let (v, peak) = peak_during(|| vec![1u8; 3 << 20]);
+    assert!(peak >= 3 << 20, "peak {peak}");
+    drop(v);
+    let (_, peak) = peak_during(|| ());
+    assert!(peak < 1024, "peak {peak}");
+}
+
+#[test]
+fn lying_lengths_allocate_nothing_near_what_they_claim() {
+    for len in [
+        u32::MAX,
+        1 << 31,
+        16 << 20,
+        (16 << 20) + 1,
+        1 << 20,
+        65 << 10,
+    ] {
+        for kind in [1u8, 2] {
+            let input = native_claiming(len, kind);
+            let (result, peak) = peak_during(|| native::read_all(&input[..], LIMITS));
+            assert!(result.is_err(), "claim {len} kind {kind}");
+            assert!(
+                peak <= bound(input.len()),
+                "native claim {len} kind {kind}: peak {peak}"
+            );
+            let (result, peak) = peak_during(|| native::inspect(&input[..], LIMITS));
+            assert!(result.is_err());
+            assert!(
+                peak <= bound(input.len()),
+                "inspect claim {len}: peak {peak}"
+            );
+        }
+        let input = qemu_claiming(1, len);
+        let (result, peak) = peak_during(|| qemu::decode(&input, LIMITS));
+        assert!(result.is_err(), "qemu claim {len}");
+        assert!(peak <= bound(input.len()), "qemu claim {len}: peak {peak}");
+    }
+    for nelem in [u32::MAX, 1 << 20, 17] {
+        let input = qemu_claiming(nelem, 1);
+        let (result, peak) = peak_during(|| qemu::decode(&input, LIMITS));
+        assert!(result.is_err(), "qemu nelem {nelem}");
+        assert!(
+            peak <= bound(input.len()),
+            "qemu nelem {nelem}: peak {peak}"
+        );
+    }
+}
+
+#[test]
+fn a_valid_stream_decodes_within_the_bound() {
+    let records = vec![
+        Record::new("a", vec![7; 60 << 10]),
+        Record::new("b", vec![]),
+    ];
+    let input = native::encode(&records).unwrap();
+    let (result, peak) = peak_during(|| native::read_all(&input[..], LIMITS));
+    assert_eq!(result.unwrap(), records);
+    assert!(peak <= bound(input.len()), "peak {peak}");
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_input_allocates_within_the_bound(bytes in vec(any::<u8>(), 0..4096)) {
+        let (_, peak) = peak_during(|| native::read_all(&bytes[..], LIMITS));
+        prop_assert!(peak <= bound(bytes.len()), "native peak {}", peak);
+        let (_, peak) = peak_during(|| qemu::decode(&bytes, LIMITS));
+        prop_assert!(peak <= bound(bytes.len()), "qemu peak {}", peak);
+        let (_, peak) = peak_during(|| stream::read_records(&bytes[..], LIMITS));
+        prop_assert!(peak <= bound(bytes.len()), "auto peak {}", peak);
+    }
+
+    #[test]
+    fn arbitrary_records_after_a_header_allocate_within_the_bound(tail in vec(any::<u8>(), 0..4096)) {
+        let mut bytes = native::encode(&[]).unwrap()[..native::HEADER_BYTES].to_vec();
+        bytes.extend_from_slice(&tail);
+        let (result, peak) = peak_during(|| native::read_all(&bytes[..], LIMITS));
+        prop_assert!(result.is_err());
+        prop_assert!(peak <= bound(bytes.len()), "peak {}", peak);
+    }
+
+    #[test]
+    fn mutated_native_streams_are_rejected_or_unchanged(
+        data in vec(any::<u8>(), 0..3000),
+        at in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let records = vec![Record::new("a", data), Record::new("b", vec![1, 2, 3])];
+        let good = native::encode(&records).unwrap();
+        let mut bad = good.clone();
+        if truncate {
+            bad.truncate(cut.index(good.len()));
+        } else {
+            bad[at.index(good.len())] ^= xor;
+        }
+        match native::read_all(&bad[..], LIMITS) {
+            Err(_) => {}
+            Ok(decoded) => prop_assert_eq!(decoded, records, "a changed stream decoded to other content"),
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Hostile or broken peers: bad Ids, clients that never finish the D-Bus
+//! handshake, other users. Each is turned away without disturbing the
+//! helpers that behave.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dbus_vmstate::{iface, Error};
+use util::*;
+
+/// A helper that reports whatever Id it is given.
+struct AnyId(String);
+
+#[zbus::interface(name = "org.qemu.VMState1")]
+impl AnyId {
+    #[zbus(property)]
+    async fn id(&self) -> String {
+        self.0.clone()
+    }
+
+    async fn save(&self) -> iface::Blob {
+        iface::Blob(b"impostor".to_vec())
+    }
+}
+
+async fn connect_any_id(socket: &Path, id: &str) -> zbus::Connection {
+    let stream = UnixStream::connect(socket).expect("connect");
+    zbus::connection::Builder::unix_stream(stream)
+        .p2p()
+        .serve_at(iface::OBJECT_PATH, AnyId(id.to_string()))
+        .build()
+        .await
+        .expect("handshake")
+}
+
+#[test]
+fn helpers_with_invalid_ids_are_rejected() {
+    let long = "x".repeat(256);
+    for (bad, reason) in [
+        ("", "invalid"),
+        (long.as_str(), "invalid"),
+        ("a\0b", "invalid"),
+        ("A", "claims Id \"A\""),
+    ] {
+        run(async {
+            let dir = tmpdir();
+            let c = builder(dir.path(), &["a"])
+                .connect_timeout(SHORT)
+                .bind()
+                .unwrap();
+            let conn = connect_any_id(&sock(dir.path(), "a"), bad).await;
+            // The coordinator hangs up on it.
+            rt_timeout(conn.closed()).await;
+            let err = c.save(Vec::new()).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::NotConnected { id, .. } if id == "a"),
+                "{err}"
+            );
+            assert!(err.to_string().contains(reason), "Id {bad:?}: {err}");
+        });
+    }
+}
+
+async fn rt_timeout<F: std::future::Future>(f: F) -> F::Output {
+    dbus_vmstate::rt::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("in time")
+}
+
+/// Reads until EOF or error; true if the peer hung up within `limit`.
+fn hung_up_within(stream: &mut UnixStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false, // timed out: still open
+        }
+    }
+}
+
+#[test]
+fn client_that_never_authenticates_is_dropped_after_the_deadline() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"])
+            .handshake_timeout(Duration::from_millis(300))
+            .bind()
+            .unwrap();
+        let path = sock(dir.path(), "a");
+        let started = Instant::now();
+        let dropped = dbus_vmstate::rt::spawn_blocking(move || {
+            let mut silent = UnixStream::connect(&path).unwrap();
+            hung_up_within(&mut silent, Duration::from_secs(10))
+        })
+        .await;
+        assert!(dropped, "silent client must be disconnected");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let status = &c.status()[0];
+        assert!(!status.connected);
+        assert!(
+            status
+                .last_rejection
+                .as_deref()
+                .unwrap()
+                .contains("handshake"),
+            "{status:?}"
+        );
+    });
+}
+
+#[test]
+fn client_stalling_mid_handshake_is_dropped_after_the_deadline() {
+    run(async {
+        let dir = tmpdir();
+        let _c = builder(dir.path(), &["a"])
+            .handshake_timeout(Duration::from_millis(300))
+            .bind()
+            .unwrap();
+        let path = sock(dir.path(), "a");
+        let dropped = dbus_vmstate::rt::spawn_blocking(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            // The credentials byte and the start of EXTERNAL auth, then
+            // nothing more.
+            s.write_all(b"\0AUTH EXTERNAL 30\r\n").unwrap();
+            hung_up_within(&mut s, Duration::from_secs(10))
+        })
+        .await;
+        assert!(dropped, "stalled client must be disconnected");
+    });
+}
+
+#[test]
+fn stalled_clients_do_not_hold_up_a_real_helper() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"])
+            .handshake_timeout(Duration::from_secs(30))
+            .bind()
+            .unwrap();
+        let path = sock(dir.path(), "a");
+        // 32 clients connect and say nothing, each costing one socket.
+        let mut stalled: Vec<UnixStream> = (0..32)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        let a = MemHelper::new("a", b"real".to_vec());
+        let _task = spawn_helper(&path, a.clone());
+        let (out, report) = c.save(Vec::new()).await.unwrap();
+        assert_eq!(report.helpers.len(), 1);
+        assert!(!out.is_empty());
+        // They are still pending: the save did not wait for them.
+        for s in &mut stalled {
+            assert!(!hung_up_within(s, Duration::from_millis(1)));
+        }
+    });
+}
+
+#[test]
+fn second_connection_on_a_socket_replaces_the_first() {
+    // The documented rule: the newest connection that passes the checks
+    // (uid, Id) becomes the helper; the older one is closed.
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"]).bind().unwrap();
+        let path = sock(dir.path(), "a");
+        let first = connect_any_id(&path, "a").await;
+        connected(&c).await;
+        let pid_before = c.status()[0].pid;
+        let second = connect_any_id(&path, "a").await;
+        rt_timeout(first.closed()).await;
+        assert!(!second.is_closed());
+        assert!(c.status()[0].connected);
+        assert_eq!(c.status()[0].pid, pid_before, "same process here");
+        let (out, _) = c.save(Vec::new()).await.unwrap();
+        assert!(!out.is_empty());
+        // A rejected newcomer (wrong Id) does not displace the helper.
+        let intruder = connect_any_id(&path, "b").await;
+        rt_timeout(intruder.closed()).await;
+        assert!(!second.is_closed());
+        c.save(Vec::new()).await.unwrap();
+    });
+}
+
+/// The uid the cross-user tests run helpers as.
+const NOBODY: u32 = 65534;
+
+fn require_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("DBUS_VMSTATE_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipped: needs root");
+        return false;
+    }
+    panic!("this test needs root (CI runs as root); set DBUS_VMSTATE_SKIP_ROOT_TESTS=1 to skip");
+}
+
+/// A world-readable copy of the binary and a state file, in a directory
+/// `nobody` can enter, so the helper can run as another user wherever the
+/// checkout lives.
+fn nobody_setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tmpdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let exe = dir.path().join("dbus-vmstate");
+    std::fs::copy(env!("CARGO_BIN_EXE_dbus-vmstate"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(&state, b"nobody's state").unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, exe, state)
+}
+
+fn helper_as_nobody(exe: &Path, socket: &Path, state: &Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new(exe)
+        .args(["helper", "--connect-timeout", "3", "--id", "a", "--socket"])
+        .arg(socket)
+        .arg("--state-file")
+        .arg(state)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn other_user_cannot_reach_a_0600_socket() {
+    if !require_root() {
+        return;
+    }
+    run(async {
+        let (dir, exe, state) = nobody_setup();
+        let c = builder(dir.path(), &["a"])
+            .connect_timeout(SHORT)
+            .bind()
+            .unwrap();
+        let child = helper_as_nobody(&exe, &sock(dir.path(), "a"), &state);
+        let out = dbus_vmstate::rt::spawn_blocking(move || child.wait_with_output().unwrap()).await;
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("ermission denied"), "{stderr}");
+        assert!(c.save(Vec::new()).await.is_err());
+    });
+}
+
+#[test]
+fn other_user_is_refused_by_peer_uid_even_on_an_open_socket() {
+    if !require_root() {
+        return;
+    }
+    run(async {
+        let (dir, exe, state) = nobody_setup();
+        let c = builder(dir.path(), &["a"])
+            .connect_timeout(Duration::from_secs(5))
+            .bind()
+            .unwrap();
+        // A misconfigured socket anyone can connect to: the uid check is
+        // the second line of defence.
+        let path = sock(dir.path(), "a");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut child = helper_as_nobody(&exe, &path, &state);
+        let err = c.save(Vec::new()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("peer uid {NOBODY} is not allowed")),
+            "{err}"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
+
+#[test]
+fn socket_owner_lets_exactly_that_user_in() {
+    if !require_root() {
+        return;
+    }
+    run(async {
+        let (dir, exe, state) = nobody_setup();
+        let c = builder(dir.path(), &["a"])
+            .socket_owner(NOBODY, Some(NOBODY))
+            .bind()
+            .unwrap();
+        let path = sock(dir.path(), "a");
+        let meta = std::fs::metadata(&path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
+        let child = helper_as_nobody(&exe, &path, &state);
+        let (out, _) = c.save(Vec::new()).await.unwrap();
+        let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
+        assert_eq!(records[0].data, b"nobody's state");
+        assert_eq!(c.status()[0].uid, Some(NOBODY));
+        c.shutdown().await;
+        let out = dbus_vmstate::rt::spawn_blocking(move || child.wait_with_output().unwrap()).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!path.exists(), "socket removed on shutdown");
+    });
+}
+
+#[test]
+fn anonymous_authentication_is_refused() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"])
+            .handshake_timeout(Duration::from_secs(2))
+            .bind()
+            .unwrap();
+        let path = sock(dir.path(), "a");
+        let reply = dbus_vmstate::rt::spawn_blocking(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // "anonymous" as trace data, hex-encoded.
+            s.write_all(b"\0AUTH ANONYMOUS 616e6f6e796d6f7573\r\n")
+                .unwrap();
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await;
+        assert!(
+            !reply.starts_with("OK"),
+            "ANONYMOUS must not be accepted: {reply:?}"
+        );
+        assert!(
+            reply.is_empty() || (reply.starts_with("REJECTED") && !reply.contains("ANONYMOUS")),
+            "{reply:?}"
+        );
+        assert!(!c.status()[0].connected);
+    });
+}
+
+#[test]
+fn a_helper_cannot_reach_another_helper_through_the_coordinator() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a", "b"]).bind().unwrap();
+        let b = MemHelper::new("b", b"b's secret".to_vec());
+        drop(spawn_helper(sock(dir.path(), "b"), b.clone()));
+        let a = connect_any_id(&sock(dir.path(), "a"), "a").await;
+        connected(&c).await;
+        // Helper a asks its peer (the coordinator) for org.qemu.VMState1
+        // state, addressed as on a bus and as on a peer connection.
+        for destination in [Some("org.qemu.VMState1"), None] {
+            let call = a.call_method(
+                destination,
+                iface::OBJECT_PATH,
+                Some(iface::INTERFACE),
+                "Save",
+                &(),
+            );
+            let reply = rt_timeout(call).await;
+            assert!(
+                reply.is_err(),
+                "the coordinator serves no helper state: {reply:?}"
+            );
+        }
+        assert_eq!(b.saves(), 0, "nothing is routed to b");
+    });
+}
+
+#[test]
+fn helper_that_disconnects_between_calls_and_reconnects_is_served() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"]).bind().unwrap();
+        let path = sock(dir.path(), "a");
+        let first = connect_any_id(&path, "a").await;
+        connected(&c).await;
+        c.save(Vec::new()).await.unwrap();
+        first.close().await.unwrap();
+        // The coordinator notices the hang-up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.status()[0].connected {
+            assert!(Instant::now() < deadline, "disconnect not noticed");
+            dbus_vmstate::rt::sleep(Duration::from_millis(10)).await;
+        }
+        // A save now waits for it to come back.
+        let save = async { c.save(Vec::new()).await };
+        let reconnect = async {
+            dbus_vmstate::rt::sleep(Duration::from_millis(200)).await;
+            connect_any_id(&path, "a").await
+        };
+        let (saved, _conn) = futures::join!(save, reconnect);
+        let (out, report) = saved.unwrap();
+        assert_eq!(report.helpers.len(), 1);
+        let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
+        assert_eq!(records[0].data, b"impostor");
+    });
+}

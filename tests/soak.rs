@@ -1,0 +1,175 @@
+//! Save/load cycles with 16 helpers, some failing at random and some
+//! reconnecting, for a bounded number of rounds: the coordinator keeps
+//! working and its file descriptors and memory do not grow.
+
+mod util;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dbus_vmstate::helper::{BoxError, State};
+use util::*;
+
+const HELPERS: usize = 16;
+const WARMUP_ROUNDS: usize = 30;
+const ROUNDS: usize = 90;
+const STATE_BYTES: usize = 64 << 10;
+
+struct Flaky {
+    id: String,
+    data: Mutex<Vec<u8>>,
+    fail_save: AtomicBool,
+    fail_load: AtomicBool,
+}
+
+impl State for Flaky {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        if self.fail_save.load(Ordering::SeqCst) {
+            return Err("injected save failure".into());
+        }
+        Ok(self.data.lock().unwrap().clone())
+    }
+
+    fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
+        if self.fail_load.load(Ordering::SeqCst) {
+            return Err("injected load failure".into());
+        }
+        *self.data.lock().unwrap() = data;
+        Ok(())
+    }
+}
+
+/// xorshift64*: deterministic "random" choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn save_load_cycles_with_random_failures_do_not_leak() {
+    run(async {
+        let dir = tmpdir();
+        let ids: Vec<String> = (0..HELPERS).map(|i| format!("h{i}")).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let c = builder(dir.path(), &id_refs)
+            .call_timeout(Duration::from_secs(10))
+            .bind()
+            .unwrap();
+        let helpers: Vec<Arc<Flaky>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                Arc::new(Flaky {
+                    id: id.clone(),
+                    data: Mutex::new(pattern(STATE_BYTES, i as u8)),
+                    fail_save: AtomicBool::new(false),
+                    fail_load: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        for h in &helpers {
+            drop(spawn_helper(sock(dir.path(), &h.id), h.clone()));
+        }
+        connected(&c).await;
+
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut saves_ok, mut saves_failed, mut loads_ok, mut loads_failed) = (0, 0, 0, 0);
+        let mut baseline = None;
+        for round in 0..ROUNDS {
+            if round == WARMUP_ROUNDS {
+                baseline = Some((open_fds(), rss_kib()));
+            }
+            // Some helpers reconnect (the new connection replaces the old).
+            for h in &helpers {
+                if rng.chance(5) {
+                    drop(spawn_helper(sock(dir.path(), &h.id), h.clone()));
+                }
+            }
+            connected(&c).await;
+            let mut expect_save_ok = true;
+            for h in &helpers {
+                let fail = rng.chance(3);
+                h.fail_save.store(fail, Ordering::SeqCst);
+                expect_save_ok &= !fail;
+            }
+            match c.save(Vec::new()).await {
+                Ok((stream, report)) => {
+                    assert!(expect_save_ok, "round {round}: save should have failed");
+                    assert_eq!(report.helpers.len(), HELPERS);
+                    saves_ok += 1;
+                    let mut expect_load_ok = true;
+                    for h in &helpers {
+                        let fail = rng.chance(3);
+                        h.fail_load.store(fail, Ordering::SeqCst);
+                        expect_load_ok &= !fail;
+                    }
+                    let loaded = c.load(std::io::Cursor::new(stream), None).await;
+                    assert_eq!(loaded.is_ok(), expect_load_ok, "round {round}: {loaded:?}");
+                    if loaded.is_ok() {
+                        loads_ok += 1;
+                    } else {
+                        loads_failed += 1;
+                    }
+                }
+                Err(e) => {
+                    assert!(!expect_save_ok, "round {round}: unexpected failure: {e}");
+                    assert!(
+                        e.to_string().contains("injected save failure")
+                            || dbus_vmstate::error::chain(&e).contains("injected save failure")
+                    );
+                    saves_failed += 1;
+                }
+            }
+        }
+        // Let closed connections finish closing.
+        dbus_vmstate::rt::sleep(Duration::from_millis(200)).await;
+        connected(&c).await;
+        let (fds_before, rss_before) = baseline.unwrap();
+        let (fds_after, rss_after) = (open_fds(), rss_kib());
+        eprintln!(
+            "saves ok/failed {saves_ok}/{saves_failed}, loads ok/failed {loads_ok}/{loads_failed}; \
+             fds {fds_before} -> {fds_after}; rss {rss_before} -> {rss_after} KiB"
+        );
+        assert!(saves_ok > 5 && saves_failed > 5, "both outcomes exercised");
+        assert!(loads_ok > 2 && loads_failed > 2, "both outcomes exercised");
+        assert!(
+            fds_after <= fds_before,
+            "file descriptors grew from {fds_before} to {fds_after}"
+        );
+        assert!(
+            rss_after < rss_before + 8 * 1024,
+            "memory grew from {rss_before} KiB to {rss_after} KiB"
+        );
+        for (i, h) in helpers.iter().enumerate() {
+            assert_eq!(*h.data.lock().unwrap(), pattern(STATE_BYTES, i as u8));
+        }
+    });
+}
