@@ -78,6 +78,8 @@
 
 #![deny(missing_docs)]
 
+pub mod activation;
+pub mod control;
 pub mod coordinator;
 pub mod error;
 pub mod helper;
