@@ -69,6 +69,14 @@ fn run_helper(args: HelperArgs) -> anyhow::Result<i32> {
 /// itself failed (a helper, a rejected stream), 2 for usage and I/O
 /// errors.
 pub fn exit_code(e: &anyhow::Error) -> i32 {
+    // Markers attached with `.context(...)` are found through the error
+    // itself; errors that are causes, through the chain.
+    if e.downcast_ref::<Usage>().is_some() {
+        return cli::EXIT_USAGE;
+    }
+    if e.downcast_ref::<Rejected>().is_some() {
+        return cli::EXIT_MIGRATION_FAILED;
+    }
     for cause in e.chain() {
         if cause.is::<Usage>() {
             return cli::EXIT_USAGE;

@@ -86,6 +86,12 @@ fn notify(state: &str) {
 
 /// `dbus-vmstate serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    if let Some(id) = args.id_list.iter().find(|id| id.contains('/')) {
+        return Err(Usage(format!(
+            "helper Id {id:?} cannot name a socket file in --socket-dir (it contains '/')"
+        ))
+        .into());
+    }
     // First: it changes the environment, which must happen before threads.
     let passed = sort_passed(activation::take()?, &args.id_list)?;
     let control_path: PathBuf = args

@@ -42,7 +42,7 @@ impl ErrorKind {
             ERROR_BUSY => ErrorKind::Busy,
             ERROR_IO => ErrorKind::Io,
             ERROR_CANCELLED => ErrorKind::Cancelled,
-            "org.freedesktop.DBus.Error.InvalidArgs" => ErrorKind::InvalidArgs,
+            ERROR_INVALID_ARGS => ErrorKind::InvalidArgs,
             _ => ErrorKind::Other,
         }
     }
@@ -159,39 +159,91 @@ impl Error {
     }
 }
 
-/// The errors the control server replies with.
-#[derive(Debug, zbus::DBusError)]
-#[zbus(prefix = "org.dbusvmstate.Error")]
-pub(super) enum Reply {
-    #[zbus(error)]
-    ZBus(zbus::Error),
-    HelperFailed(String),
-    NotConnected(String),
-    StreamRejected(String),
-    Busy(String),
-    #[zbus(name = "IOError")]
-    Io(String),
-    Cancelled(String),
+/// `org.freedesktop.DBus.Error.InvalidArgs`.
+pub(super) const ERROR_INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
+
+/// An error the control server replies with: a name and a message.
+///
+/// Written by hand rather than derived, because the derive names every
+/// error under one prefix and this interface also replies the standard
+/// `InvalidArgs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Reply {
+    name: &'static str,
+    message: String,
 }
 
 impl Reply {
+    fn new(name: &'static str, message: impl Into<String>) -> Reply {
+        Reply {
+            name,
+            message: message.into(),
+        }
+    }
+
+    /// [`ERROR_HELPER_FAILED`].
+    pub fn helper_failed(message: impl Into<String>) -> Reply {
+        Reply::new(ERROR_HELPER_FAILED, message)
+    }
+
+    /// [`ERROR_BUSY`].
+    pub fn busy(message: impl Into<String>) -> Reply {
+        Reply::new(ERROR_BUSY, message)
+    }
+
+    /// [`ERROR_IO`].
+    pub fn io(message: impl Into<String>) -> Reply {
+        Reply::new(ERROR_IO, message)
+    }
+
+    /// [`ERROR_CANCELLED`].
+    pub fn cancelled(message: impl Into<String>) -> Reply {
+        Reply::new(ERROR_CANCELLED, message)
+    }
+
     /// `org.freedesktop.DBus.Error.InvalidArgs` with `message`.
     pub fn invalid_args(message: impl Into<String>) -> Reply {
-        Reply::ZBus(zbus::Error::FDO(Box::new(zbus::fdo::Error::InvalidArgs(
-            message.into(),
-        ))))
+        Reply::new(ERROR_INVALID_ARGS, message)
     }
 
     /// The reply for a failed save or load; the message is the error with
     /// its causes, naming every helper involved.
     pub fn from_coordinator(e: &CoordinatorError) -> Reply {
-        let message = crate::error::chain(e);
-        match classify(e) {
-            ErrorKind::NotConnected => Reply::NotConnected(message),
-            ErrorKind::StreamRejected => Reply::StreamRejected(message),
-            ErrorKind::Io => Reply::Io(message),
-            _ => Reply::HelperFailed(message),
-        }
+        let name = match classify(e) {
+            ErrorKind::NotConnected => ERROR_NOT_CONNECTED,
+            ErrorKind::StreamRejected => ERROR_STREAM_REJECTED,
+            ErrorKind::Io => ERROR_IO,
+            _ => ERROR_HELPER_FAILED,
+        };
+        Reply::new(name, crate::error::chain(e))
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl std::error::Error for Reply {}
+
+impl zbus::DBusError for Reply {
+    fn create_reply(&self, call: &zbus::message::Header<'_>) -> zbus::Result<zbus::Message> {
+        zbus::Message::error(call, self.name).build(&(self.message.as_str(),))
+    }
+
+    fn name(&self) -> zbus::names::ErrorName<'_> {
+        zbus::names::ErrorName::from_static_str_unchecked(self.name)
+    }
+
+    fn description(&self) -> Option<&str> {
+        Some(&self.message)
+    }
+}
+
+impl From<zbus::Error> for Reply {
+    fn from(e: zbus::Error) -> Reply {
+        Reply::new("org.freedesktop.DBus.Error.Failed", e.to_string())
     }
 }
 

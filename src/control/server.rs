@@ -351,7 +351,7 @@ impl Control {
 }
 
 fn stopped() -> Reply {
-    Reply::Cancelled("the coordinator is shutting down".to_string())
+    Reply::cancelled("the coordinator is shutting down".to_string())
 }
 
 #[zbus::interface(name = "org.dbusvmstate.Control1")]
@@ -411,7 +411,7 @@ where
     {
         let mut op = lock(&shared.op);
         if let Some(running) = &op.running {
-            return Err(Reply::Busy(format!(
+            return Err(Reply::busy(format!(
                 "a {} is in progress; try again when it has finished",
                 running.what
             )));
@@ -439,7 +439,7 @@ where
         op.running = Some(Running { ticket, what, task });
     }
     rx.await.unwrap_or_else(|_| {
-        Err(Reply::Cancelled(format!(
+        Err(Reply::cancelled(format!(
             "the coordinator stopped before the {what} finished"
         )))
     })
@@ -492,16 +492,16 @@ async fn save(
 /// size.
 fn write_qemu(native: &[u8], out: Passed) -> Result<u64, Reply> {
     let records = stream::native::read_all(native, Limits::default())
-        .map_err(|e| Reply::HelperFailed(crate::error::chain(&e)))?;
+        .map_err(|e| Reply::helper_failed(crate::error::chain(&e)))?;
     qemu::check_for_qemu(&records).map_err(|e| {
-        Reply::HelperFailed(format!(
+        Reply::helper_failed(format!(
             "cannot write a QEMU payload: {}",
             crate::error::chain(&e)
         ))
     })?;
     let mut out = out;
     qemu::write(io::BufWriter::new(&mut out), &records).map_err(|e| {
-        Reply::Io(format!(
+        Reply::io(format!(
             "cannot write the state stream: {}",
             crate::error::chain(&e)
         ))

@@ -1,0 +1,747 @@
+//! `serve` and its clients (`save`, `load`, `status`) as real processes,
+//! the way a deployment runs them.
+
+mod cli_util;
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use cli_util::*;
+use dbus_vmstate::stream::{native, qemu, Limits, Record};
+use util::{pattern, tmpdir};
+
+fn save(serve: &Serve, output: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "save".to_string(),
+        "--control".into(),
+        serve.control_arg(),
+        "--output".into(),
+        output.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run_bin(args)
+}
+
+fn load(serve: &Serve, input: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "load".to_string(),
+        "--control".into(),
+        serve.control_arg(),
+        "--input".into(),
+        input.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run_bin(args)
+}
+
+fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// The README walkthrough: two helpers saved to a file, inspected, loaded
+/// through a second serve into fresh helpers.
+#[test]
+fn walkthrough_save_inspect_load() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let (src_dir, dst_dir) = (root.join("src"), root.join("dst"));
+    let slirp_v1 = pattern(5000, 1);
+    let tpm_v1 = b"tpm state v1".to_vec();
+    std::fs::write(root.join("slirp.state"), &slirp_v1).unwrap();
+    std::fs::write(root.join("tpm.state"), &tpm_v1).unwrap();
+
+    let src = Serve::start(&src_dir, &["--id-list", "slirp,tpm"]);
+    assert!(src.ready.contains(&src.control_arg()), "{}", src.ready);
+    assert_eq!(
+        std::fs::metadata(&src_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let _h1 = Helper::file(&src_dir, "slirp", &root.join("slirp.state"));
+    let _h2 = Helper::file(&src_dir, "tpm", &root.join("tpm.state"));
+
+    let stream = root.join("helpers.vmstate");
+    let out = save(&src, &stream, &[]);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("saved 2 helpers"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let records =
+        native::read_all(std::fs::File::open(&stream).unwrap(), Limits::default()).unwrap();
+    let mut ids: Vec<_> = records.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["slirp", "tpm"]);
+
+    let out = run_bin(["inspect", stream.to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("checksums verified"), "{shown}");
+    assert!(
+        shown.contains("slirp") && shown.contains(" 5000 "),
+        "{shown}"
+    );
+
+    std::fs::write(root.join("slirp.state"), b"empty").unwrap();
+    std::fs::write(root.join("tpm.state"), b"empty").unwrap();
+    let dst = Serve::start(&dst_dir, &["--id-list", "slirp,tpm"]);
+    let _d1 = Helper::file(&dst_dir, "slirp", &root.join("slirp.state"));
+    let _d2 = Helper::file(&dst_dir, "tpm", &root.join("tpm.state"));
+    let out = load(&dst, &stream, &[]);
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("loaded 2 helpers"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::read(root.join("slirp.state")).unwrap(), slirp_v1);
+    assert_eq!(std::fs::read(root.join("tpm.state")).unwrap(), tpm_v1);
+}
+
+/// `save --output - | load --input -`, in both formats.
+#[test]
+fn save_to_a_pipe_and_load_from_it() {
+    for format in ["native", "qemu"] {
+        let tmp = tmpdir();
+        let root = tmp.path();
+        let (src_dir, dst_dir) = (root.join("src"), root.join("dst"));
+        let state = pattern(70_000, 7);
+        std::fs::write(root.join("a.src"), &state).unwrap();
+        std::fs::write(root.join("a.dst"), b"").unwrap();
+        let src = Serve::start(&src_dir, &["--id-list", "a"]);
+        let dst = Serve::start(&dst_dir, &["--id-list", "a"]);
+        let _s = Helper::file(&src_dir, "a", &root.join("a.src"));
+        let _d = Helper::file(&dst_dir, "a", &root.join("a.dst"));
+
+        let mut saver = bin()
+            .args(["save", "--control", &src.control_arg(), "--output", "-"])
+            .args(["--format", format, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pipe = saver.stdout.take().unwrap();
+        let loader = bin()
+            .args([
+                "load",
+                "--control",
+                &dst.control_arg(),
+                "--input",
+                "-",
+                "--json",
+            ])
+            .stdin(pipe)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let saved = wait_output(saver);
+        let loaded = wait_output(loader);
+        assert_exit(&saved, 0);
+        assert_exit(&loaded, 0);
+        // The save's report goes to stderr: stdout carried the stream.
+        let report: serde_json::Value = serde_json::from_slice(&saved.stderr).unwrap();
+        assert_eq!(report["format"], format);
+        assert_eq!(report["helpers"][0]["bytes"], 70_000);
+        let report: serde_json::Value = serde_json::from_slice(&loaded.stdout).unwrap();
+        assert_eq!(report["format"], format, "load detected the format");
+        assert_eq!(report["helpers"][0]["id"], "a");
+        assert_eq!(
+            std::fs::read(root.join("a.dst")).unwrap(),
+            state,
+            "{format}"
+        );
+    }
+}
+
+#[test]
+fn qemu_format_file_matches_qemus_layout() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    std::fs::write(root.join("idA"), b"I'am\0idA!\0").unwrap();
+    std::fs::write(root.join("idB"), b"I'am\0idB!\0").unwrap();
+    let serve = Serve::start(&dir, &["--id-list", "idA,idB"]);
+    let _a = Helper::file(&dir, "idA", &root.join("idA"));
+    let _b = Helper::file(&dir, "idB", &root.join("idB"));
+    let out_path = root.join("out.payload");
+    assert_exit(&save(&serve, &out_path, &["--format", "qemu"]), 0);
+    let decoded = qemu::decode(&std::fs::read(&out_path).unwrap(), Limits::default()).unwrap();
+    let mut records = decoded.records;
+    records.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        records,
+        [
+            Record::new("idA", b"I'am\0idA!\0".to_vec()),
+            Record::new("idB", b"I'am\0idB!\0".to_vec())
+        ]
+    );
+    assert_eq!(decoded.trailing_bytes, 0);
+}
+
+#[test]
+fn status_reports_helpers_and_transfers() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    std::fs::write(root.join("a.state"), b"0123456789").unwrap();
+    let serve = Serve::start(&dir, &["--id-list", "a,b", "--optional", "b"]);
+    let helper = Helper::file(&dir, "a", &root.join("a.state"));
+    let status = || {
+        let out = run_bin(["status", "--control", &serve.control_arg(), "--json"]);
+        assert_exit(&out, 0);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    wait_until("helper a to connect", || {
+        status()["helpers"][0]["connected"] == true
+    });
+    assert_exit(&save(&serve, &root.join("x.vmstate"), &[]), 0);
+    let doc = status();
+    let a = &doc["helpers"][0];
+    assert_eq!(a["id"], "a");
+    assert_eq!(a["pid"], helper.0.id());
+    assert_eq!(a["uid"], unsafe { libc::geteuid() });
+    assert_eq!(a["last_save"]["bytes"], 10);
+    assert_eq!(a["last_load"], serde_json::Value::Null);
+    let b = &doc["helpers"][1];
+    assert_eq!(b["id"], "b");
+    assert_eq!(b["connected"], false);
+    assert_eq!(b["required"], false);
+
+    let out = run_bin(["status", "--control", &serve.control_arg()]);
+    assert_exit(&out, 0);
+    let table = text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("yes") && l.contains("10 B")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("b ") && l.contains("no (opt)")),
+        "{table}"
+    );
+}
+
+/// A failed save leaves no file, and an existing file untouched; the
+/// error names the helper and the command's exit status.
+#[test]
+fn failed_save_leaves_existing_file_untouched() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    let serve = Serve::start(&dir, &["--id-list", "good,bad"]);
+    std::fs::write(root.join("good.state"), b"fine").unwrap();
+    let _g = Helper::file(&dir, "good", &root.join("good.state"));
+    let _b = Helper::start(&dir, "bad", &["--save-cmd", "echo partial; exit 3"]);
+    let out_dir = root.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.join("helpers.vmstate");
+    std::fs::write(&target, b"previous save").unwrap();
+
+    let out = save(&serve, &target, &[]);
+    assert_exit(&out, 1);
+    let err = text(&out.stderr);
+    assert!(err.contains("helper \"bad\""), "{err}");
+    assert!(err.contains("exited with status 3"), "{err}");
+    assert!(err.contains("org.dbusvmstate.Error.HelperFailed"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"previous save");
+    assert_eq!(
+        entries(&out_dir),
+        ["helpers.vmstate"],
+        "no temporary file left"
+    );
+
+    let fresh = out_dir.join("new.vmstate");
+    assert_exit(&save(&serve, &fresh, &[]), 1);
+    assert!(!fresh.exists());
+    assert_eq!(entries(&out_dir), ["helpers.vmstate"]);
+}
+
+#[test]
+fn missing_helper_fails_save_after_the_timeout() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    let serve = Serve::start(&dir, &["--id-list", "a,b"]);
+    std::fs::write(root.join("a.state"), b"a").unwrap();
+    let _a = Helper::file(&dir, "a", &root.join("a.state"));
+    let target = root.join("out.vmstate");
+    let out = save(&serve, &target, &["--timeout", "0.5"]);
+    assert_exit(&out, 1);
+    let err = text(&out.stderr);
+    assert!(err.contains("helper \"b\": not connected"), "{err}");
+    assert!(err.contains("org.dbusvmstate.Error.NotConnected"), "{err}");
+    assert!(!target.exists());
+}
+
+/// A stream that fails verification is rejected whole: no helper's state
+/// changes.
+#[test]
+fn load_rejects_a_corrupt_stream_and_loads_nothing() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    let mut bytes = native::encode(&[
+        Record::new("a", b"new a".to_vec()),
+        Record::new("b", b"new b".to_vec()),
+    ])
+    .unwrap();
+    let last_chunk_byte = bytes.len() - 60;
+    bytes[last_chunk_byte] ^= 0x01;
+    let corrupt = root.join("corrupt.vmstate");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    std::fs::write(root.join("a.state"), b"old a").unwrap();
+    std::fs::write(root.join("b.state"), b"old b").unwrap();
+    let serve = Serve::start(&dir, &["--id-list", "a,b"]);
+    let _a = Helper::file(&dir, "a", &root.join("a.state"));
+    let _b = Helper::file(&dir, "b", &root.join("b.state"));
+
+    let out = load(&serve, &corrupt, &[]);
+    assert_exit(&out, 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("org.dbusvmstate.Error.StreamRejected"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(root.join("a.state")).unwrap(), b"old a");
+    assert_eq!(std::fs::read(root.join("b.state")).unwrap(), b"old b");
+
+    // Truncated: the end record is missing.
+    let good = native::encode(&[
+        Record::new("a", b"x".to_vec()),
+        Record::new("b", b"y".to_vec()),
+    ])
+    .unwrap();
+    let cut = root.join("cut.vmstate");
+    std::fs::write(&cut, &good[..good.len() - 10]).unwrap();
+    let out = load(&serve, &cut, &[]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stderr).contains("StreamRejected"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read(root.join("a.state")).unwrap(), b"old a");
+}
+
+/// `helper --save-cmd/--load-cmd`: a program that can dump and restore
+/// from a shell migrates with no D-Bus code.
+#[test]
+fn exec_adapter_migrates_a_commands_state() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let (src_dir, dst_dir) = (root.join("src"), root.join("dst"));
+    let state = pattern(300_000, 3);
+    std::fs::write(root.join("db.dump"), &state).unwrap();
+    let src = Serve::start(&src_dir, &["--id-list", "db"]);
+    let save_cmd = format!("cat {}", root.join("db.dump").display());
+    let _s = Helper::start(&src_dir, "db", &["--save-cmd", &save_cmd]);
+    let stream = root.join("db.vmstate");
+    assert_exit(&save(&src, &stream, &[]), 0);
+
+    let dst = Serve::start(&dst_dir, &["--id-list", "db"]);
+    let restored = root.join("db.restored");
+    let load_cmd = format!("cat > {}", restored.display());
+    let _d = Helper::start(&dst_dir, "db", &["--load-cmd", &load_cmd]);
+    assert_exit(&load(&dst, &stream, &[]), 0);
+    assert_eq!(std::fs::read(&restored).unwrap(), state);
+}
+
+#[test]
+fn failing_load_command_is_reported_with_its_exit_status() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    let stream = root.join("x.vmstate");
+    std::fs::write(
+        &stream,
+        native::encode(&[Record::new("db", b"s".to_vec())]).unwrap(),
+    )
+    .unwrap();
+    let serve = Serve::start(&dir, &["--id-list", "db"]);
+    let _h = Helper::start(&dir, "db", &["--load-cmd", "cat >/dev/null; exit 42"]);
+    let out = load(&serve, &stream, &[]);
+    assert_exit(&out, 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("helper \"db\"") && err.contains("exited with status 42"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_and_sigint_remove_every_socket() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let tmp = tmpdir();
+        let root = tmp.path();
+        let dir = root.join("s");
+        std::fs::write(root.join("a.state"), b"a").unwrap();
+        let serve = Serve::start(&dir, &["--id-list", "a,b"]);
+        assert_eq!(entries(&dir), ["a.sock", "b.sock", "control.sock"]);
+        let helper = Helper::file(&dir, "a", &root.join("a.state"));
+        wait_until("helper a to connect", || {
+            serve.log().contains("helper connected")
+        });
+        let status = serve.stop(sig);
+        assert_eq!(status.code(), Some(0), "signal {sig}");
+        assert_eq!(entries(&dir), Vec::<String>::new(), "signal {sig}");
+        assert!(
+            helper.wait().success(),
+            "the helper sees the coordinator close"
+        );
+    }
+}
+
+/// SIGTERM while a save runs: the save fails, and leaves no file.
+#[test]
+fn sigterm_during_a_save_leaves_no_file() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    std::fs::write(root.join("fast.state"), pattern(100_000, 1)).unwrap();
+    let serve = Serve::start(&dir, &["--id-list", "fast,slow"]);
+    let _f = Helper::file(&dir, "fast", &root.join("fast.state"));
+    let marker = root.join("started");
+    let slow_cmd = format!("touch {}; sleep 3; echo late", marker.display());
+    let _s = Helper::start(&dir, "slow", &["--save-cmd", &slow_cmd]);
+    let out_dir = root.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.join("x.vmstate");
+    let saver = bin()
+        .args(["save", "--control", &serve.control_arg(), "--output"])
+        .arg(&target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the slow save to start", || marker.exists());
+    let status = serve.stop(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0));
+    let out = wait_output(saver);
+    assert_exit(&out, 1);
+    assert!(!target.exists());
+    assert_eq!(entries(&out_dir), Vec::<String>::new());
+    assert_eq!(entries(&dir), Vec::<String>::new());
+}
+
+/// Interrupting the `save` client removes its temporary file.
+#[test]
+fn interrupted_save_client_removes_its_temporary_file() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    let serve = Serve::start(&dir, &["--id-list", "slow"]);
+    let marker = root.join("started");
+    let slow_cmd = format!("touch {}; sleep 3; echo late", marker.display());
+    let _s = Helper::start(&dir, "slow", &["--save-cmd", &slow_cmd]);
+    let out_dir = root.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let mut saver = bin()
+        .args(["save", "--control", &serve.control_arg(), "--output"])
+        .arg(out_dir.join("x.vmstate"))
+        .spawn()
+        .unwrap();
+    wait_until("the slow save to start", || marker.exists());
+    assert_eq!(
+        entries(&out_dir).len(),
+        1,
+        "the temporary file exists meanwhile"
+    );
+    signal(saver.id(), libc::SIGINT);
+    let status = wait(&mut saver);
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new());
+}
+
+/// systemd socket activation: listening sockets passed as fds 3 and 4,
+/// named by LISTEN_FDNAMES, used instead of binding; left in place on exit.
+#[test]
+fn socket_activation_uses_passed_sockets() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+    use std::os::unix::process::CommandExt;
+
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let systemd_dir = root.join("sd");
+    std::fs::create_dir(&systemd_dir).unwrap();
+    let a_path = systemd_dir.join("helper-a.sock");
+    let control_path = systemd_dir.join("ctl.sock");
+    let a = UnixListener::bind(&a_path).unwrap();
+    let control = UnixListener::bind(&control_path).unwrap();
+    let fds = [control.as_raw_fd(), a.as_raw_fd()];
+
+    // LISTEN_PID must be serve's own pid: the shell sets it to its pid,
+    // then execs serve in its place.
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_dbus-vmstate"))
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "control:a");
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and
+    // exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = [0; 2];
+            for (i, fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as libc::c_int) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let dir = root.join("s");
+    let serve = Serve::start_with(cmd, &dir, &["--id-list", "a,b"]);
+    assert!(
+        serve
+            .ready
+            .contains(&format!("control {}", control_path.display())),
+        "{}",
+        serve.ready
+    );
+    assert!(
+        serve.ready.contains(&format!("a={}", a_path.display())),
+        "{}",
+        serve.ready
+    );
+    // Helper b was not passed: serve bound it in the socket directory.
+    assert_eq!(entries(&dir), ["b.sock"]);
+
+    std::fs::write(root.join("a.state"), b"activated").unwrap();
+    std::fs::write(root.join("b.state"), b"bound").unwrap();
+    let _ha = bin()
+        .args(["helper", "--id", "a", "--socket"])
+        .arg(&a_path)
+        .arg("--state-file")
+        .arg(root.join("a.state"))
+        .spawn()
+        .map(Helper)
+        .unwrap();
+    let _hb = Helper::file(&dir, "b", &root.join("b.state"));
+    let stream = root.join("x.vmstate");
+    let out = run_bin([
+        "save",
+        "--control",
+        control_path.to_str().unwrap(),
+        "--output",
+        stream.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 0);
+    let mut records =
+        native::read_all(std::fs::File::open(&stream).unwrap(), Limits::default()).unwrap();
+    records.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(records[0], Record::new("a", b"activated".to_vec()));
+
+    assert_eq!(serve.stop(libc::SIGTERM).code(), Some(0));
+    assert_eq!(
+        entries(&dir),
+        Vec::<String>::new(),
+        "its own socket is removed"
+    );
+    assert!(
+        a_path.exists() && control_path.exists(),
+        "passed sockets stay"
+    );
+}
+
+#[test]
+fn socket_activation_rejects_an_unknown_name() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixListener;
+    use std::os::unix::process::CommandExt;
+
+    let tmp = tmpdir();
+    let listener = UnixListener::bind(tmp.path().join("x.sock")).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_dbus-vmstate"))
+        .args(["serve", "--socket-dir"])
+        .arg(tmp.path().join("s"))
+        .args(["--id-list", "a"])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "vm0-vmstate.socket")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: only fcntl and dup2 between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+            if high < 0 || libc::dup2(high, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = wait_output(cmd.spawn().unwrap());
+    assert_exit(&out, 2);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("\"vm0-vmstate.socket\"") && err.contains("FileDescriptorName"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no ready line");
+}
+
+/// Type=notify services: READY=1 once the sockets are bound.
+#[test]
+fn notifies_the_service_manager_when_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tmpdir();
+    let notify_path = tmp.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut cmd = bin();
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    let serve = Serve::start_with(cmd, &tmp.path().join("s"), &["--id-list", "a"]);
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let _ = serve.stop(libc::SIGTERM);
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+#[test]
+fn a_second_serve_on_the_same_sockets_is_refused() {
+    let tmp = tmpdir();
+    let dir = tmp.path().join("s");
+    let _first = Serve::start(&dir, &["--id-list", "a"]);
+    let out = run_bin([
+        "serve",
+        "--socket-dir",
+        dir.to_str().unwrap(),
+        "--id-list",
+        "a",
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("in use"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(dir.join("a.sock").exists() && dir.join("control.sock").exists());
+}
+
+#[test]
+fn client_errors_exit_2_with_a_clear_message() {
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let missing = root.join("nothing.sock");
+    let missing = missing.to_str().unwrap();
+    let out_file = root.join("out.vmstate");
+    let out_file = out_file.to_str().unwrap();
+    let sock_dir = root.join("s");
+    let sock_dir = sock_dir.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["status", "--control", missing],
+            "cannot connect to the control socket",
+        ),
+        (
+            vec!["save", "--control", missing, "--output", out_file],
+            "cannot connect",
+        ),
+        (
+            vec!["load", "--control", missing, "--input", "/nonexistent/x"],
+            "cannot open /nonexistent/x",
+        ),
+        (vec!["save", "--control", missing], "--output"),
+        (
+            vec![
+                "save",
+                "--control",
+                missing,
+                "--output",
+                "x",
+                "--format",
+                "tar",
+            ],
+            "tar",
+        ),
+        (
+            vec![
+                "load",
+                "--control",
+                missing,
+                "--input",
+                "x",
+                "--timeout",
+                "0",
+            ],
+            "--timeout",
+        ),
+        (vec!["serve", "--socket-dir", sock_dir], "--id-list"),
+        (
+            vec![
+                "serve",
+                "--socket-dir",
+                sock_dir,
+                "--id-list",
+                "a",
+                "--optional",
+                "b",
+            ],
+            "optional helper \"b\"",
+        ),
+        (
+            vec!["serve", "--socket-dir", sock_dir, "--id-list", "a,a"],
+            "listed twice",
+        ),
+        (
+            vec!["serve", "--socket-dir", sock_dir, "--id-list", "a,../b"],
+            "\"../b\"",
+        ),
+        (
+            vec!["helper", "--socket", missing, "--id", "a"],
+            "--state-file",
+        ),
+        (
+            vec![
+                "helper",
+                "--socket",
+                missing,
+                "--id",
+                "a",
+                "--state-file",
+                "f",
+                "--save-cmd",
+                "c",
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let out = run_bin(&args);
+        assert_exit(&out, 2);
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!Path::new(out_file).exists());
+}
