@@ -112,8 +112,8 @@ pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> std::io::R
     let width = helpers.iter().map(|h| h.id.len()).max().unwrap_or(0).max(6);
     writeln!(
         out,
-        "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  {:<22}",
-        "helper", "connected", "pid", "uid", "last save", "last load"
+        "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  last load",
+        "helper", "connected", "pid", "uid", "last save"
     )?;
     for h in helpers {
         let connected = match (h.connected, h.required) {
@@ -124,7 +124,7 @@ pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> std::io::R
         let opt = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  {:<22}",
+            "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  {}",
             h.id,
             connected,
             opt(h.pid),

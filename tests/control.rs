@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use dbus_vmstate::control::{self, Client, ErrorKind, LoadOptions, SaveOptions, Server};
-use dbus_vmstate::stream::{native, qemu, Format, Limits, Record};
 use dbus_vmstate::rt;
+use dbus_vmstate::stream::{native, qemu, Format, Limits, Record};
 use util::*;
 
 fn control_path(dir: &Path) -> std::path::PathBuf {

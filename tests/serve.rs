@@ -745,3 +745,65 @@ fn client_errors_exit_2_with_a_clear_message() {
     }
     assert!(!Path::new(out_file).exists());
 }
+
+/// Another language's D-Bus library drives serve: GDBus from Python
+/// (needs /usr/bin/python3 with python3-gi), passing a file descriptor to
+/// Save and reading Status.
+#[test]
+fn gdbus_client_drives_serve() {
+    const SCRIPT: &str = r#"
+import os, sys
+import gi
+gi.require_version("Gio", "2.0")
+from gi.repository import Gio, GLib
+control, out = sys.argv[1], sys.argv[2]
+conn = Gio.DBusConnection.new_for_address_sync(
+    "unix:path=" + control, Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT, None, None)
+def call(method, args, reply, fds=None):
+    return conn.call_with_unix_fd_list_sync(
+        None, "/org/dbusvmstate/Control1", "org.dbusvmstate.Control1", method,
+        args, GLib.VariantType(reply), Gio.DBusCallFlags.NONE, -1, fds, None)[0]
+fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+report = call("Save", GLib.Variant("(ha{sv})", (0, {})), "(a{sv})",
+              Gio.UnixFDList.new_from_array([fd]))[0]
+print("saved", report["format"], report["stream_bytes"], report["helpers"][0][0])
+for helper in call("Status", None, "(aa{sv})")[0]:
+    print("status", helper["id"], helper["connected"], helper["last_save_bytes"])
+try:
+    call("Load", GLib.Variant("(ha{sv})", (0, {"format": GLib.Variant("s", "tar")})), "(a{sv})",
+         Gio.UnixFDList.new_from_array([os.open(out, os.O_RDONLY)]))
+except GLib.Error as e:
+    print("error", Gio.DBusError.get_remote_error(e))
+"#;
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    std::fs::write(root.join("a.state"), b"seen from python").unwrap();
+    let serve = Serve::start(&dir, &["--id-list", "a"]);
+    let _a = Helper::file(&dir, "a", &root.join("a.state"));
+    let out_path = root.join("py.vmstate");
+    let child = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            SCRIPT,
+            &serve.control_arg(),
+            out_path.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run /usr/bin/python3 (python3-gi)");
+    let out = wait_output(child);
+    assert_exit(&out, 0);
+    let len = std::fs::metadata(&out_path).unwrap().len();
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "saved native {len} a\nstatus a True 16\n\
+             error org.freedesktop.DBus.Error.InvalidArgs\n"
+        )
+    );
+    let records =
+        native::read_all(std::fs::File::open(&out_path).unwrap(), Limits::default()).unwrap();
+    assert_eq!(records, [Record::new("a", b"seen from python".to_vec())]);
+}

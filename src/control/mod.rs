@@ -4,8 +4,8 @@
 //! and listens on one more Unix socket, the **control socket**, where it
 //! serves [`INTERFACE`] (`org.dbusvmstate.Control1`) over peer-to-peer
 //! D-Bus, as specified in `protocol/org.dbusvmstate.Control1.xml`. Any
-//! D-Bus client (zbus, GDBus, sd-bus, `busctl --address=unix:path=...`)
-//! can call it; [`Client`] is the Rust one, [`Server`] the serving side for
+//! D-Bus library that can connect to an address peer-to-peer (zbus,
+//! GDBus, sd-bus) can call it; [`Client`] is the Rust one, [`Server`] the serving side for
 //! a program that runs its own coordinator.
 //!
 //! - `Save(h fd, a{sv} options) -> a{sv}` saves every helper and writes the

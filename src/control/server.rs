@@ -38,6 +38,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves a [`Coordinator`] on a control socket.
 ///
+/// Stop it with [`Server::shutdown`], which also cancels a save or load in
+/// progress; merely dropping it stops accepting and closes the control
+/// connections, but lets a running save or load finish first.
+///
 /// Callers must run as the server's own effective uid or as root (checked
 /// with `SO_PEERCRED` before the D-Bus handshake); the socket file is mode
 /// 0600 as well.
@@ -426,8 +430,8 @@ where
                 Ok(r) => tracing::info!(
                     helpers = r.helpers.len(),
                     skipped = r.skipped.len(),
-                    ms = r.duration.as_secs_f64() * 1e3,
-                    "{what} done"
+                    "{what} done in {:.2} ms",
+                    r.duration.as_secs_f64() * 1e3
                 ),
                 Err(e) => tracing::warn!("{what} failed: {e}"),
             }
