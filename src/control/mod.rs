@@ -35,6 +35,7 @@
 mod client;
 mod error;
 mod fdio;
+mod ops;
 mod server;
 mod wire;
 

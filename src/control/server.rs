@@ -17,17 +17,16 @@ use zbus::connection::{AuthMechanism, Builder};
 use zbus::{Connection, Guid};
 
 use super::error::Reply;
-use super::fdio::{check_access, CutOff, CutOffOnDrop, Direction, Passed};
+use super::fdio::{check_access, Direction};
+use super::ops;
 use super::wire::{OptionsDict, ReportDict, StatusDict};
 use super::{Report, OBJECT_PATH};
 use crate::coordinator::{socket, Coordinator};
 use crate::error::Error;
 use crate::iface;
 use crate::rt;
-use crate::stream::{self, qemu, Format, Limits};
+use crate::stream::Format;
 
-/// Buffer between a passed descriptor and the stream reader of a load.
-const LOAD_BUFFER_BYTES: usize = 1 << 20;
 /// How long [`Server::shutdown`] waits for a status call to let go of the
 /// coordinator before dropping it instead of shutting it down.
 const RELEASE_WAIT: Duration = Duration::from_secs(1);
@@ -373,7 +372,7 @@ impl Control {
         check_access(&fd, Direction::Write).map_err(Reply::invalid_args)?;
         let fd = std::os::fd::OwnedFd::from(fd);
         let report = run(&self.shared()?, "save", move |c| {
-            save(c, fd, format, connect_timeout)
+            ops::save(c, fd, format, connect_timeout)
         })
         .await?;
         Ok(ReportDict::from(&report))
@@ -389,7 +388,7 @@ impl Control {
         check_access(&fd, Direction::Read).map_err(Reply::invalid_args)?;
         let fd = std::os::fd::OwnedFd::from(fd);
         let report = run(&self.shared()?, "load", move |c| {
-            load(c, fd, format, connect_timeout)
+            ops::load(c, fd, format, connect_timeout)
         })
         .await?;
         Ok(ReportDict::from(&report))
@@ -447,92 +446,4 @@ where
             "the coordinator stopped before the {what} finished"
         )))
     })
-}
-
-fn failed(e: Error) -> Reply {
-    Reply::from_coordinator(&e)
-}
-
-async fn save(
-    coordinator: Arc<Coordinator>,
-    fd: std::os::fd::OwnedFd,
-    format: Format,
-    connect_timeout: Option<Duration>,
-) -> Result<Report, Reply> {
-    if let Some(timeout) = connect_timeout {
-        coordinator.wait_connected(timeout).await.map_err(failed)?;
-    }
-    let cut_off = CutOff::default();
-    let out = Passed::new(fd, cut_off.clone());
-    CutOffOnDrop::new(cut_off, async move {
-        match format {
-            Format::Native => {
-                let (out, report) = coordinator.save(out).await.map_err(failed)?;
-                Ok(Report {
-                    format,
-                    stream_bytes: Some(out.bytes_written()),
-                    helpers: report.helpers,
-                    skipped: report.skipped,
-                    duration: report.duration,
-                })
-            }
-            Format::Qemu => {
-                let (native, report) = coordinator.save(Vec::new()).await.map_err(failed)?;
-                let stream_bytes = rt::spawn_blocking(move || write_qemu(&native, out)).await?;
-                Ok(Report {
-                    format,
-                    stream_bytes: Some(stream_bytes),
-                    helpers: report.helpers,
-                    skipped: report.skipped,
-                    duration: report.duration,
-                })
-            }
-        }
-    })
-    .await
-}
-
-/// Re-encodes a native stream as a QEMU payload into `out`; returns its
-/// size.
-fn write_qemu(native: &[u8], out: Passed) -> Result<u64, Reply> {
-    let records = stream::native::read_all(native, Limits::default())
-        .map_err(|e| Reply::helper_failed(crate::error::chain(&e)))?;
-    qemu::check_for_qemu(&records).map_err(|e| {
-        Reply::helper_failed(format!(
-            "cannot write a QEMU payload: {}",
-            crate::error::chain(&e)
-        ))
-    })?;
-    let mut out = out;
-    qemu::write(io::BufWriter::new(&mut out), &records).map_err(|e| {
-        Reply::io(format!(
-            "cannot write the state stream: {}",
-            crate::error::chain(&e)
-        ))
-    })?;
-    Ok(out.bytes_written())
-}
-
-async fn load(
-    coordinator: Arc<Coordinator>,
-    fd: std::os::fd::OwnedFd,
-    format: Option<Format>,
-    connect_timeout: Option<Duration>,
-) -> Result<Report, Reply> {
-    if let Some(timeout) = connect_timeout {
-        coordinator.wait_connected(timeout).await.map_err(failed)?;
-    }
-    let cut_off = CutOff::default();
-    let input = io::BufReader::with_capacity(LOAD_BUFFER_BYTES, Passed::new(fd, cut_off.clone()));
-    CutOffOnDrop::new(cut_off, async move {
-        let report = coordinator.load(input, format).await.map_err(failed)?;
-        Ok(Report {
-            format: report.format,
-            stream_bytes: None,
-            helpers: report.helpers,
-            skipped: report.skipped,
-            duration: report.duration,
-        })
-    })
-    .await
 }
