@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dbus_vmstate::control::{self, Client, ErrorKind, LoadOptions, SaveOptions, Server};
@@ -293,8 +295,24 @@ fn busy_then_shutdown_cuts_the_stream_off() {
         let _hs = spawn_helper(sock(dir.path(), "stuck"), stuck.clone());
         let path = control_path(dir.path());
 
-        let (r, w) = UnixStream::pair().unwrap();
-        let reader = drain(r);
+        let (mut r, w) = UnixStream::pair().unwrap();
+        let received = Arc::new(AtomicUsize::new(0));
+        let reader = std::thread::spawn({
+            let received = received.clone();
+            move || {
+                let mut out = Vec::new();
+                let mut buf = [0u8; 64 << 10];
+                loop {
+                    match r.read(&mut buf).unwrap() {
+                        0 => break out,
+                        n => {
+                            out.extend_from_slice(&buf[..n]);
+                            received.fetch_add(n, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        });
         let first = rt::spawn({
             let path = path.clone();
             async move {
@@ -304,11 +322,11 @@ fn busy_then_shutdown_cuts_the_stream_off() {
                 result
             }
         });
-        while !(fast.saves() == 1 && stuck.saves() == 1) {
+        // Wait until the fast helper's state has reached the stream while
+        // the stuck helper holds the save open.
+        while !(stuck.saves() == 1 && received.load(Ordering::SeqCst) >= 1 << 20) {
             rt::sleep(Duration::from_millis(5)).await;
         }
-        // Let the fast helper's state reach the stream.
-        rt::sleep(Duration::from_millis(200)).await;
 
         let client = Client::connect(&path).await.unwrap();
         let sink = tempfile::tempfile_in(dir.path()).unwrap();
