@@ -25,10 +25,16 @@ pub const EXIT_USAGE: i32 = 2;
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 1000)]
     pub verbose: u8,
     /// Only errors on stderr.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        display_order = 1001
+    )]
     pub quiet: bool,
     /// What to do.
     #[command(subcommand)]
@@ -77,8 +83,9 @@ pub enum Command {
 
 const SERVE_HELP: &str = "\
 Prints one line on stdout once every socket is bound (\"ready: ...\"), then
-logs helper connections on stderr until SIGTERM or SIGINT, when it closes
-the connections and removes its socket files.
+logs helper connections, disconnections and rejections, saves and loads on
+stderr (-v for more, -q for errors only) until SIGTERM or SIGINT, when it
+closes the connections and removes its socket files.
 
 Socket activation: sockets passed by systemd (LISTEN_FDS, LISTEN_PID,
 LISTEN_FDNAMES) are used instead of binding; name each one after its helper

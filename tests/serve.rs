@@ -217,6 +217,33 @@ fn status_reports_helpers_and_transfers() {
     assert_eq!(b["connected"], false);
     assert_eq!(b["required"], false);
 
+    // A helper that claims another Id on b's socket is turned away, and
+    // status says why.
+    let _impostor = bin()
+        .args([
+            "helper",
+            "--id",
+            "x",
+            "--state-file",
+            "/dev/null",
+            "--socket",
+        ])
+        .arg(dir.join("b.sock"))
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Helper)
+        .unwrap();
+    wait_until("the impostor's rejection", || {
+        status()["helpers"][1]["last_rejection"]
+            .as_str()
+            .is_some_and(|r| r.contains("it claims Id \"x\""))
+    });
+    assert!(
+        serve.log().contains("rejected connection"),
+        "{}",
+        serve.log()
+    );
+
     let out = run_bin(["status", "--control", &serve.control_arg()]);
     assert_exit(&out, 0);
     let table = text(&out.stdout);
@@ -230,6 +257,10 @@ fn status_reports_helpers_and_transfers() {
         table
             .lines()
             .any(|l| l.starts_with("b ") && l.contains("no (opt)")),
+        "{table}"
+    );
+    assert!(
+        table.contains("last rejected connection: it claims Id \"x\""),
         "{table}"
     );
 }
