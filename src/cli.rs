@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -19,15 +19,22 @@ pub const EXIT_USAGE: i32 = 2;
     name = "dbus-vmstate",
     version,
     about,
-    after_help = "Exit codes: 0 ok, 1 migration failed, 2 usage or I/O error.\n\
+    after_help = "Exit codes: 0 ok, 1 migration failed (a helper failed, a stream was rejected),\n\
+                  2 usage or I/O error.\n\
                   Start with: dbus-vmstate demo"
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 1000)]
     pub verbose: u8,
     /// Only errors on stderr.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        display_order = 1001
+    )]
     pub quiet: bool,
     /// What to do.
     #[command(subcommand)]
@@ -37,17 +44,248 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a coordinator: one socket per helper, plus a control socket.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// Save every helper through a running `serve`, into a file or stdout.
+    #[command(after_help = SAVE_HELP)]
+    Save(SaveArgs),
+    /// Load a state stream from a file or stdin through a running `serve`.
+    #[command(after_help = LOAD_HELP)]
+    Load(LoadArgs),
+    /// Show the helpers of a running `serve`: connected, pid, uid, last transfers.
+    #[command(
+        after_help = "Example:\n  dbus-vmstate status --control /run/vm0/vmstate/control.sock"
+    )]
+    Status(StatusArgs),
+    /// Verify a state stream and list what it holds, without restoring anything.
+    #[command(after_help = INSPECT_HELP)]
+    Inspect(InspectArgs),
+    /// Convert a state stream between the native and QEMU formats.
+    #[command(after_help = CONVERT_HELP)]
+    Convert(ConvertArgs),
+    /// Serve a file's bytes, or a command's output, as a helper's state.
+    #[command(after_help = HELPER_HELP)]
+    Helper(HelperArgs),
     /// Migrate pseudo-random helper state end to end and verify every byte.
     #[command(after_help = "Example:\n  dbus-vmstate demo --helpers 4 --size 1M")]
     Demo(DemoArgs),
-    /// Serve a file's bytes as helper state (Load replaces it atomically).
-    #[command(
-        after_help = "Example:\n  dbus-vmstate helper --socket /run/vm0/vmstate/slirp.sock --id slirp --state-file slirp.state"
-    )]
-    Helper(HelperArgs),
+    /// Print a shell completion script.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions(CompletionsArgs),
+    /// Print the manual page, or write one page per command into a directory.
+    #[command(after_help = MAN_HELP)]
+    Man(ManArgs),
     /// A demo helper process (started by `demo`).
     #[command(hide = true)]
     DemoHelper(DemoHelperArgs),
+}
+
+const SERVE_HELP: &str = "\
+Prints one line on stdout once every socket is bound (\"ready: ...\"), then
+logs helper connections, disconnections and rejections, saves and loads on
+stderr (-v for more, -q for errors only) until SIGTERM or SIGINT, when it
+closes the connections and removes its socket files.
+
+Socket activation: sockets passed by systemd (LISTEN_FDS, LISTEN_PID,
+LISTEN_FDNAMES) are used instead of binding; name each one after its helper
+Id, or \"control\" for the control socket (FileDescriptorName=).
+
+Example:
+  dbus-vmstate serve --socket-dir /run/vm0/vmstate --id-list slirp,swtpm --optional swtpm";
+
+const SAVE_HELP: &str = "\
+A file output is atomic: the stream goes to a temporary file beside it,
+which is synced and renamed only when the save succeeded.
+
+Examples:
+  dbus-vmstate save --control /run/vm0/vmstate/control.sock --output helpers.vmstate
+  dbus-vmstate save --control src.sock --output - | ssh dst dbus-vmstate load --control dst.sock --input -";
+
+const LOAD_HELP: &str = "\
+The whole stream is read and verified before any helper is called.
+
+Example:
+  dbus-vmstate load --control /run/vm0/vmstate/control.sock --input helpers.vmstate";
+
+const INSPECT_HELP: &str = "\
+Exits 1 when the stream fails verification, saying what and where.
+
+Example:
+  dbus-vmstate inspect helpers.vmstate";
+
+const CONVERT_HELP: &str = "\
+The output file is written atomically. QEMU's format holds at most 1 MiB per
+helper and has no checksums.
+
+Example:
+  dbus-vmstate convert --to qemu helpers.vmstate helpers.payload";
+
+const HELPER_HELP: &str = "\
+With --save-cmd, Save runs the command (with /bin/sh -c) and its stdout is
+the state; with --load-cmd, Load runs the command with the state on its
+stdin. A command that exits non-zero fails the call with its exit status.
+
+Examples:
+  dbus-vmstate helper --socket /run/vm0/vmstate/slirp.sock --id slirp --state-file slirp.state
+  dbus-vmstate helper --socket /run/vm0/vmstate/db.sock --id db \\
+      --save-cmd 'mydb dump' --load-cmd 'mydb restore'";
+
+const COMPLETIONS_HELP: &str = "\
+Example:
+  dbus-vmstate completions bash > /etc/bash_completion.d/dbus-vmstate";
+
+const MAN_HELP: &str = "\
+Examples:
+  dbus-vmstate man | man -l -
+  dbus-vmstate man --dir /usr/local/share/man/man1";
+
+/// A stream format, as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// dbus-vmstate's versioned, checksummed format.
+    Native,
+    /// The payload of QEMU's dbus-vmstate migration section.
+    Qemu,
+}
+
+impl From<FormatArg> for dbus_vmstate::stream::Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Native => dbus_vmstate::stream::Format::Native,
+            FormatArg::Qemu => dbus_vmstate::stream::Format::Qemu,
+        }
+    }
+}
+
+/// `serve` arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory of the sockets, created (mode 0700) if missing.
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: PathBuf,
+    /// The helpers to expect, one socket DIR/<ID>.sock each.
+    #[arg(long, value_name = "ID,...", value_delimiter = ',', required = true)]
+    pub id_list: Vec<String>,
+    /// Helpers that may be absent: skipped with a warning.
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    pub optional: Vec<String>,
+    /// The control socket [default: DIR/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Also accept helpers running as this uid (repeatable); by default
+    /// only this process's own uid.
+    #[arg(long, value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+    /// How long one helper's Save or Load call may take, in seconds.
+    #[arg(long, default_value = "30", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub timeout: Duration,
+    /// How long a save or load waits for required helpers to connect, in
+    /// seconds (a client's --timeout overrides it).
+    #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
+    pub connect_timeout: Duration,
+}
+
+/// `save` arguments.
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// The control socket of the `serve` to save through.
+    #[arg(long, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Where the state stream goes: a file, or - for stdout.
+    #[arg(long, value_name = "FILE|-")]
+    pub output: PathBuf,
+    /// The stream format to write.
+    #[arg(long, value_enum, default_value_t = FormatArg::Native)]
+    pub format: FormatArg,
+    /// How long to wait for every required helper to connect, in seconds
+    /// [default: the serve's --connect-timeout].
+    #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+    pub timeout: Option<Duration>,
+    /// Print the report as JSON (on stdout, or on stderr when stdout
+    /// carries the stream).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `load` arguments.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The control socket of the `serve` to load through.
+    #[arg(long, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Where the state stream comes from: a file, or - for stdin.
+    #[arg(long, value_name = "FILE|-")]
+    pub input: PathBuf,
+    /// The stream's format [default: detected from its first bytes].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// How long to wait for every required helper to connect, in seconds
+    /// [default: the serve's --connect-timeout].
+    #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+    pub timeout: Option<Duration>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The control socket of the `serve` to ask.
+    #[arg(long, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The stream file, or - for stdin.
+    #[arg(value_name = "FILE|-")]
+    pub file: PathBuf,
+    /// The stream's format [default: detected from its first bytes].
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `convert` arguments.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The format to write.
+    #[arg(long, value_enum)]
+    pub to: FormatArg,
+    /// The input's format [default: detected from its first bytes].
+    #[arg(long, value_enum)]
+    pub from: Option<FormatArg>,
+    /// The input stream file, or - for stdin.
+    #[arg(value_name = "IN")]
+    pub input: PathBuf,
+    /// The output file (written atomically), or - for stdout.
+    #[arg(value_name = "OUT")]
+    pub output: PathBuf,
+}
+
+/// `completions` arguments.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `man` arguments.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write dbus-vmstate.1 and one dbus-vmstate-COMMAND.1 per command into
+    /// this directory instead of printing dbus-vmstate.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `demo` arguments.
@@ -70,6 +308,9 @@ pub struct DemoArgs {
 
 /// `helper` arguments.
 #[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("state").required(true).multiple(true).args(["state_file", "save_cmd", "load_cmd"])
+))]
 pub struct HelperArgs {
     /// The coordinator's socket for this helper.
     #[arg(long)]
@@ -78,8 +319,14 @@ pub struct HelperArgs {
     #[arg(long)]
     pub id: String,
     /// The file holding the state.
-    #[arg(long)]
-    pub state_file: PathBuf,
+    #[arg(long, conflicts_with_all = ["save_cmd", "load_cmd"], value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Save runs this shell command; its stdout is the state.
+    #[arg(long, value_name = "CMD")]
+    pub save_cmd: Option<String>,
+    /// Load runs this shell command with the state on its stdin.
+    #[arg(long, value_name = "CMD")]
+    pub load_cmd: Option<String>,
     /// How long to wait for the socket to appear, in seconds.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,

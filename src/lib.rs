@@ -84,6 +84,8 @@
 
 #![deny(missing_docs)]
 
+pub mod activation;
+pub mod control;
 pub mod coordinator;
 pub mod error;
 pub mod helper;

@@ -1,8 +1,16 @@
 //! The `dbus-vmstate` command.
 
 mod cli;
+mod client;
 mod demo;
+mod docs;
+mod exec;
+mod interrupt;
+mod offline;
+mod output;
+mod progress;
 mod run;
+mod serve;
 
 use clap::Parser;
 
@@ -19,8 +27,10 @@ fn main() {
             std::process::exit(code);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
-    let code = match run::run(cli.command) {
+    // A coordinator process logs helper connections by default.
+    let base = u8::from(matches!(cli.command, cli::Command::Serve(_)));
+    init_logging(base.saturating_add(cli.verbose), cli.quiet);
+    let code = match run::run(cli.command, cli.quiet) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -119,3 +119,52 @@ fn iface_constants_match_the_protocol_xml() {
     }
     assert!(xml.contains(&format!("<property name=\"{}\"", iface::PROPERTY_ID)));
 }
+
+#[test]
+fn control_server_serves_exactly_the_protocol_interface() {
+    use dbus_vmstate::control;
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"]).bind().unwrap();
+        let path = dir.path().join("control.sock");
+        let server = control::Server::bind(c, &path).unwrap();
+        let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let conn = zbus::connection::Builder::unix_stream(stream)
+            .p2p()
+            .build()
+            .await
+            .unwrap();
+        let reply = conn
+            .call_method(
+                None::<&str>,
+                control::OBJECT_PATH,
+                Some("org.freedesktop.DBus.Introspectable"),
+                "Introspect",
+                &(),
+            )
+            .await
+            .unwrap();
+        let served: String = reply.body().deserialize().unwrap();
+        let spec = include_str!("../protocol/org.dbusvmstate.Control1.xml");
+        let want = members(spec, control::INTERFACE);
+        assert_eq!(want.len(), 3, "Save, Load, Status");
+        assert_eq!(
+            members(&served, control::INTERFACE),
+            want,
+            "served introspection:\n{served}"
+        );
+        assert!(spec.contains(&format!("<node name=\"{}\">", control::OBJECT_PATH)));
+        for name in [
+            control::ERROR_HELPER_FAILED,
+            control::ERROR_NOT_CONNECTED,
+            control::ERROR_STREAM_REJECTED,
+            control::ERROR_BUSY,
+            control::ERROR_IO,
+            control::ERROR_CANCELLED,
+        ] {
+            assert!(spec.contains(name), "{name} is documented");
+        }
+        conn.close().await.unwrap();
+        server.shutdown().await;
+    });
+}

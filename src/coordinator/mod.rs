@@ -234,6 +234,24 @@ impl Builder {
         Coordinator::bind(config)
     }
 
+    /// Like [`Builder::bind`], but some helpers' listening sockets come
+    /// ready-made (from socket activation, say): each `(id, listener)` is
+    /// used for helper `id` instead of binding its socket path, and its
+    /// path becomes the listener's own. Those socket files are left in
+    /// place on shutdown: whoever bound them owns them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::bind`]; [`Error::Config`] when a listener is for an Id
+    /// that is not in the helper list, or for the same Id twice.
+    pub fn bind_with<I>(self, listeners: I) -> Result<Coordinator, Error>
+    where
+        I: IntoIterator<Item = (String, std::os::unix::net::UnixListener)>,
+    {
+        let config = self.into_config()?;
+        Coordinator::bind_with(config, listeners.into_iter().collect())
+    }
+
     fn into_config(self) -> Result<Config, Error> {
         let Builder {
             mut helpers,
@@ -428,13 +446,51 @@ pub struct Coordinator {
 
 impl Coordinator {
     fn bind(config: Config) -> Result<Self, Error> {
+        Self::bind_with(config, Vec::new())
+    }
+
+    fn bind_with(
+        mut config: Config,
+        mut preset: Vec<(String, std::os::unix::net::UnixListener)>,
+    ) -> Result<Self, Error> {
+        for (i, (id, _)) in preset.iter().enumerate() {
+            if !config.helpers.iter().any(|h| &h.id == id) {
+                return Err(Error::Config {
+                    reason: format!(
+                        "a listening socket was given for helper {id:?}, which is not in the helper list"
+                    ),
+                });
+            }
+            if preset[..i].iter().any(|(other, _)| other == id) {
+                return Err(Error::Config {
+                    reason: format!("two listening sockets were given for helper {id:?}"),
+                });
+            }
+        }
         let mut listeners = Vec::with_capacity(config.helpers.len());
         let mut bound = Vec::with_capacity(config.helpers.len());
-        for spec in &config.helpers {
-            // On error, the guards bound so far drop and remove their files.
-            let (listener, guard) = socket::bind(&spec.id, &spec.socket, config.socket_owner)?;
-            listeners.push(listener);
-            bound.push(guard);
+        for spec in &mut config.helpers {
+            match preset.iter().position(|(id, _)| *id == spec.id) {
+                Some(pos) => {
+                    let (_, listener) = preset.swap_remove(pos);
+                    if let Some(path) = listener
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                    {
+                        spec.socket = path;
+                    }
+                    listeners.push(listener);
+                }
+                None => {
+                    // On error, the guards bound so far drop and remove
+                    // their files.
+                    let (listener, guard) =
+                        socket::bind(&spec.id, &spec.socket, config.socket_owner)?;
+                    listeners.push(listener);
+                    bound.push(guard);
+                }
+            }
         }
         Self::from_listeners(config, listeners, bound)
     }

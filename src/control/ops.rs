@@ -1,0 +1,107 @@
+//! The save and load a control call runs: the passed descriptor wrapped,
+//! the coordinator called, the result turned into a report or a named
+//! error.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::Reply;
+use super::fdio::{CutOff, CutOffOnDrop, Passed};
+use super::Report;
+use crate::coordinator::Coordinator;
+use crate::error::Error;
+use crate::rt;
+use crate::stream::{self, qemu, Format, Limits};
+
+/// Buffer between a passed descriptor and the stream reader of a load.
+const LOAD_BUFFER_BYTES: usize = 1 << 20;
+
+fn failed(e: Error) -> Reply {
+    Reply::from_coordinator(&e)
+}
+
+pub(super) async fn save(
+    coordinator: Arc<Coordinator>,
+    fd: OwnedFd,
+    format: Format,
+    connect_timeout: Option<Duration>,
+) -> Result<Report, Reply> {
+    if let Some(timeout) = connect_timeout {
+        coordinator.wait_connected(timeout).await.map_err(failed)?;
+    }
+    let cut_off = CutOff::default();
+    let out = Passed::new(fd, cut_off.clone());
+    CutOffOnDrop::new(cut_off, async move {
+        match format {
+            Format::Native => {
+                let (out, report) = coordinator.save(out).await.map_err(failed)?;
+                Ok(Report {
+                    format,
+                    stream_bytes: Some(out.bytes_written()),
+                    helpers: report.helpers,
+                    skipped: report.skipped,
+                    duration: report.duration,
+                })
+            }
+            Format::Qemu => {
+                let (native, report) = coordinator.save(Vec::new()).await.map_err(failed)?;
+                let stream_bytes = rt::spawn_blocking(move || write_qemu(&native, out)).await?;
+                Ok(Report {
+                    format,
+                    stream_bytes: Some(stream_bytes),
+                    helpers: report.helpers,
+                    skipped: report.skipped,
+                    duration: report.duration,
+                })
+            }
+        }
+    })
+    .await
+}
+
+/// Re-encodes a native stream as a QEMU payload into `out`; returns its
+/// size.
+fn write_qemu(native: &[u8], out: Passed) -> Result<u64, Reply> {
+    let records = stream::native::read_all(native, Limits::default())
+        .map_err(|e| Reply::helper_failed(crate::error::chain(&e)))?;
+    qemu::check_for_qemu(&records).map_err(|e| {
+        Reply::helper_failed(format!(
+            "cannot write a QEMU payload: {}",
+            crate::error::chain(&e)
+        ))
+    })?;
+    let mut out = out;
+    qemu::write(io::BufWriter::new(&mut out), &records).map_err(|e| {
+        Reply::io(format!(
+            "cannot write the state stream: {}",
+            crate::error::chain(&e)
+        ))
+    })?;
+    Ok(out.bytes_written())
+}
+
+pub(super) async fn load(
+    coordinator: Arc<Coordinator>,
+    fd: OwnedFd,
+    format: Option<Format>,
+    connect_timeout: Option<Duration>,
+) -> Result<Report, Reply> {
+    if let Some(timeout) = connect_timeout {
+        coordinator.wait_connected(timeout).await.map_err(failed)?;
+    }
+    let cut_off = CutOff::default();
+    let input = io::BufReader::with_capacity(LOAD_BUFFER_BYTES, Passed::new(fd, cut_off.clone()));
+    CutOffOnDrop::new(cut_off, async move {
+        let report = coordinator.load(input, format).await.map_err(failed)?;
+        Ok(Report {
+            format: report.format,
+            stream_bytes: None,
+            helpers: report.helpers,
+            skipped: report.skipped,
+            duration: report.duration,
+        })
+    })
+    .await
+}

@@ -1,0 +1,260 @@
+//! The control interface's dictionaries, as they travel (`a{sv}`), and
+//! their conversions to the library's types.
+//!
+//! Option dictionaries (caller to coordinator) refuse unknown keys, so an
+//! option a coordinator does not understand is an error rather than
+//! silently ignored. Reply dictionaries ignore unknown keys, so a newer
+//! coordinator may add keys that older callers skip.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use zbus::{DeserializeDict, SerializeDict, Type};
+
+use super::{LoadOptions, Report, SaveOptions};
+use crate::coordinator::{HelperReport, HelperStatus, Skipped, Transfer};
+use crate::stream::Format;
+
+/// `Save` and `Load` options.
+#[derive(Debug, Default, Clone, PartialEq, Eq, DeserializeDict, SerializeDict, Type)]
+#[zbus(signature = "a{sv}", deny_unknown_fields)]
+pub(super) struct OptionsDict {
+    /// `"native"` or `"qemu"`.
+    pub format: Option<String>,
+    /// Milliseconds to wait for required helpers to connect.
+    pub connect_timeout_ms: Option<u64>,
+}
+
+impl From<&SaveOptions> for OptionsDict {
+    fn from(o: &SaveOptions) -> Self {
+        OptionsDict {
+            format: Some(o.format.as_str().to_string()),
+            connect_timeout_ms: o.connect_timeout.map(millis),
+        }
+    }
+}
+
+impl From<&LoadOptions> for OptionsDict {
+    fn from(o: &LoadOptions) -> Self {
+        OptionsDict {
+            format: o.format.map(|f| f.as_str().to_string()),
+            connect_timeout_ms: o.connect_timeout.map(millis),
+        }
+    }
+}
+
+impl OptionsDict {
+    /// The format asked for, if any.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the unknown format.
+    pub fn parse_format(&self) -> Result<Option<Format>, String> {
+        self.format
+            .as_deref()
+            .map(|f| Format::from_str(f).map_err(|e| e.to_string()))
+            .transpose()
+    }
+
+    /// The connect timeout asked for, if any.
+    ///
+    /// # Errors
+    ///
+    /// When it is zero.
+    pub fn parse_connect_timeout(&self) -> Result<Option<Duration>, String> {
+        match self.connect_timeout_ms {
+            Some(0) => Err("connect_timeout_ms must be positive".to_string()),
+            other => Ok(other.map(Duration::from_millis)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The reply of `Save` and `Load`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, DeserializeDict, SerializeDict, Type)]
+#[zbus(signature = "a{sv}")]
+pub(super) struct ReportDict {
+    /// `"native"` or `"qemu"`.
+    pub format: String,
+    /// Bytes of the stream (saves only).
+    pub stream_bytes: Option<u64>,
+    /// Microseconds from the first call to the end.
+    pub duration_us: u64,
+    /// Per helper: Id, state bytes, call microseconds.
+    pub helpers: Vec<(String, u64, u64)>,
+    /// Per optional helper left out: Id, reason.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl From<&Report> for ReportDict {
+    fn from(r: &Report) -> Self {
+        ReportDict {
+            format: r.format.as_str().to_string(),
+            stream_bytes: r.stream_bytes,
+            duration_us: micros(r.duration),
+            helpers: r
+                .helpers
+                .iter()
+                .map(|h| (h.id.clone(), h.transfer.bytes, micros(h.transfer.duration)))
+                .collect(),
+            skipped: r
+                .skipped
+                .iter()
+                .map(|s| (s.id.clone(), s.reason.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<ReportDict> for Report {
+    type Error = String;
+
+    fn try_from(d: ReportDict) -> Result<Self, String> {
+        Ok(Report {
+            format: Format::from_str(&d.format).map_err(|e| e.to_string())?,
+            stream_bytes: d.stream_bytes,
+            duration: Duration::from_micros(d.duration_us),
+            helpers: d
+                .helpers
+                .into_iter()
+                .map(|(id, bytes, us)| HelperReport {
+                    id,
+                    transfer: Transfer {
+                        bytes,
+                        duration: Duration::from_micros(us),
+                    },
+                })
+                .collect(),
+            skipped: d
+                .skipped
+                .into_iter()
+                .map(|(id, reason)| Skipped { id, reason })
+                .collect(),
+        })
+    }
+}
+
+/// One helper in the reply of `Status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, DeserializeDict, SerializeDict, Type)]
+#[zbus(signature = "a{sv}")]
+pub(super) struct StatusDict {
+    pub id: String,
+    pub socket: String,
+    pub required: bool,
+    pub connected: bool,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub last_save_bytes: Option<u64>,
+    pub last_save_us: Option<u64>,
+    pub last_load_bytes: Option<u64>,
+    pub last_load_us: Option<u64>,
+    pub last_rejection: Option<String>,
+}
+
+impl From<&HelperStatus> for StatusDict {
+    fn from(s: &HelperStatus) -> Self {
+        StatusDict {
+            id: s.id.clone(),
+            socket: s.socket.display().to_string(),
+            required: s.required,
+            connected: s.connected,
+            pid: s.pid,
+            uid: s.uid,
+            last_save_bytes: s.last_save.as_ref().map(|t| t.bytes),
+            last_save_us: s.last_save.as_ref().map(|t| micros(t.duration)),
+            last_load_bytes: s.last_load.as_ref().map(|t| t.bytes),
+            last_load_us: s.last_load.as_ref().map(|t| micros(t.duration)),
+            last_rejection: s.last_rejection.clone(),
+        }
+    }
+}
+
+fn transfer(bytes: Option<u64>, us: Option<u64>) -> Option<Transfer> {
+    Some(Transfer {
+        bytes: bytes?,
+        duration: Duration::from_micros(us.unwrap_or(0)),
+    })
+}
+
+impl From<StatusDict> for HelperStatus {
+    fn from(d: StatusDict) -> Self {
+        HelperStatus {
+            id: d.id,
+            socket: PathBuf::from(d.socket),
+            required: d.required,
+            connected: d.connected,
+            pid: d.pid,
+            uid: d.uid,
+            last_save: transfer(d.last_save_bytes, d.last_save_us),
+            last_load: transfer(d.last_load_bytes, d.last_load_us),
+            last_rejection: d.last_rejection,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_round_trips() {
+        let report = Report {
+            format: Format::Qemu,
+            stream_bytes: Some(99),
+            helpers: vec![HelperReport {
+                id: "a".into(),
+                transfer: Transfer {
+                    bytes: 7,
+                    duration: Duration::from_micros(1234),
+                },
+            }],
+            skipped: vec![Skipped {
+                id: "b".into(),
+                reason: "not connected".into(),
+            }],
+            duration: Duration::from_micros(5678),
+        };
+        let back = Report::try_from(ReportDict::from(&report)).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn status_round_trips() {
+        let status = HelperStatus {
+            id: "a".into(),
+            socket: "/run/a.sock".into(),
+            required: true,
+            connected: true,
+            pid: Some(42),
+            uid: Some(1000),
+            last_save: Some(Transfer {
+                bytes: 3,
+                duration: Duration::from_micros(10),
+            }),
+            last_load: None,
+            last_rejection: Some("it claims Id \"b\"".into()),
+        };
+        assert_eq!(HelperStatus::from(StatusDict::from(&status)), status);
+    }
+
+    #[test]
+    fn options_parse() {
+        let o = OptionsDict::from(&SaveOptions::default().format(Format::Qemu));
+        assert_eq!(o.parse_format(), Ok(Some(Format::Qemu)));
+        assert_eq!(o.parse_connect_timeout(), Ok(None));
+        let bad = OptionsDict {
+            format: Some("tar".into()),
+            connect_timeout_ms: Some(0),
+        };
+        assert!(bad.parse_format().unwrap_err().contains("tar"));
+        assert!(bad.parse_connect_timeout().is_err());
+    }
+}

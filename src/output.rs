@@ -1,0 +1,159 @@
+//! What the commands print: human tables and JSON documents.
+
+use std::io::Write;
+use std::time::Duration;
+
+use dbus_vmstate::control::Report;
+use dbus_vmstate::coordinator::{HelperStatus, Transfer};
+use serde_json::{json, Value};
+
+/// A byte count for people: `512 B`, `4.0 KiB`, `16.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Milliseconds with two decimals.
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn ms_value(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn transfer_json(t: &Option<Transfer>) -> Value {
+    match t {
+        Some(t) => json!({ "bytes": t.bytes, "duration_ms": ms_value(t.duration) }),
+        None => Value::Null,
+    }
+}
+
+/// The JSON document of a save or load.
+pub fn report_json(operation: &str, report: &Report) -> Value {
+    json!({
+        "operation": operation,
+        "format": report.format.as_str(),
+        "stream_bytes": report.stream_bytes,
+        "duration_ms": ms_value(report.duration),
+        "helpers": report.helpers.iter().map(|h| json!({
+            "id": h.id,
+            "bytes": h.transfer.bytes,
+            "duration_ms": ms_value(h.transfer.duration),
+        })).collect::<Vec<_>>(),
+        "skipped": report.skipped.iter().map(|s| json!({
+            "id": s.id,
+            "reason": s.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The human report of a save or load: one summary line, one line per
+/// helper, one per skipped helper.
+pub fn write_report(out: &mut dyn Write, summary: &str, report: &Report) -> std::io::Result<()> {
+    writeln!(out, "{summary} in {}", ms(report.duration))?;
+    let width = report
+        .helpers
+        .iter()
+        .map(|h| h.id.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    for h in &report.helpers {
+        writeln!(
+            out,
+            "  {:<width$}  {:>12}  {:>10}",
+            h.id,
+            bytes(h.transfer.bytes),
+            ms(h.transfer.duration)
+        )?;
+    }
+    for s in &report.skipped {
+        writeln!(out, "  skipped {}: {}", s.id, s.reason)?;
+    }
+    Ok(())
+}
+
+/// The JSON document of `status`.
+pub fn status_json(helpers: &[HelperStatus]) -> Value {
+    json!({
+        "helpers": helpers.iter().map(|h| json!({
+            "id": h.id,
+            "socket": h.socket.display().to_string(),
+            "required": h.required,
+            "connected": h.connected,
+            "pid": h.pid,
+            "uid": h.uid,
+            "last_save": transfer_json(&h.last_save),
+            "last_load": transfer_json(&h.last_load),
+            "last_rejection": h.last_rejection,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn transfer_text(t: &Option<Transfer>) -> String {
+    match t {
+        Some(t) => format!("{} in {}", bytes(t.bytes), ms(t.duration)),
+        None => "-".to_string(),
+    }
+}
+
+/// The human table of `status`.
+pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> std::io::Result<()> {
+    let width = helpers.iter().map(|h| h.id.len()).max().unwrap_or(0).max(6);
+    writeln!(
+        out,
+        "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  last load",
+        "helper", "connected", "pid", "uid", "last save"
+    )?;
+    for h in helpers {
+        let connected = match (h.connected, h.required) {
+            (true, _) => "yes",
+            (false, true) => "no",
+            (false, false) => "no (opt)",
+        };
+        let opt = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  {}",
+            h.id,
+            connected,
+            opt(h.pid),
+            opt(h.uid),
+            transfer_text(&h.last_save),
+            transfer_text(&h.last_load),
+        )?;
+        if let Some(why) = &h.last_rejection {
+            writeln!(out, "{:<width$}  last rejected connection: {why}", "")?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a JSON document on one line.
+pub fn print_json(out: &mut dyn Write, value: &Value) -> std::io::Result<()> {
+    writeln!(out, "{value}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(16 << 20), "16.0 MiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+    }
+}

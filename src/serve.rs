@@ -1,0 +1,170 @@
+//! `dbus-vmstate serve`: a coordinator process driven over its control
+//! socket.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_signal::Signal;
+use dbus_vmstate::control::{self, Server};
+use dbus_vmstate::{activation, coordinator, rt};
+use futures::StreamExt;
+
+use crate::cli::{self, ServeArgs};
+use crate::interrupt;
+use crate::run::Usage;
+
+/// How long a clean stop may take before the process ends anyway.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Mode of a socket directory `serve` creates.
+const DIR_MODE: u32 = 0o700;
+
+/// The sockets a service manager passed, sorted by use.
+#[derive(Default)]
+struct Passed {
+    control: Option<UnixListener>,
+    helpers: Vec<(String, UnixListener)>,
+}
+
+/// Sorts the activated sockets: `control`, or a helper Id from the list.
+fn sort_passed(sockets: Vec<activation::Socket>, ids: &[String]) -> anyhow::Result<Passed> {
+    let mut passed = Passed::default();
+    for socket in sockets {
+        if socket.name == control::ACTIVATION_NAME {
+            if passed.control.is_some() {
+                return Err(
+                    Usage("two control sockets were passed (LISTEN_FDNAMES)".into()).into(),
+                );
+            }
+            passed.control = Some(socket.listener);
+        } else if ids.contains(&socket.name) {
+            passed.helpers.push((socket.name, socket.listener));
+        } else {
+            return Err(Usage(format!(
+                "passed socket {} is named {:?}, which is neither \"control\" nor a helper Id of --id-list \
+                 (set FileDescriptorName= in the socket unit)",
+                socket.fd, socket.name
+            ))
+            .into());
+        }
+    }
+    Ok(passed)
+}
+
+/// Creates `dir` (mode 0700, parents too) if it does not exist.
+fn create_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            if meta.permissions().mode() & 0o022 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "the socket directory is writable by others; 0700 is recommended"
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => Err(Usage(format!("{} exists and is not a directory", dir.display())).into()),
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .with_context(|| format!("cannot create the socket directory {}", dir.display())),
+    }
+}
+
+/// Tells a service manager (`NOTIFY_SOCKET`) about a state change.
+fn notify(state: &str) {
+    match activation::notify(state) {
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot notify the service manager"),
+    }
+}
+
+/// `dbus-vmstate serve`.
+pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    if let Some(id) = args.id_list.iter().find(|id| id.contains('/')) {
+        return Err(Usage(format!(
+            "helper Id {id:?} cannot name a socket file in --socket-dir (it contains '/')"
+        ))
+        .into());
+    }
+    // First: it changes the environment, which must happen before threads.
+    let passed = sort_passed(activation::take()?, &args.id_list)?;
+    let control_path: PathBuf = args
+        .control
+        .clone()
+        .unwrap_or_else(|| args.socket_dir.join(control::DEFAULT_SOCKET_NAME));
+    if args.id_list.iter().any(|id| id == control::ACTIVATION_NAME)
+        && args.control.is_none()
+        && passed.control.is_none()
+    {
+        return Err(Usage(format!(
+            "helper Id \"control\" would share {} with the control socket; give --control PATH",
+            control_path.display()
+        ))
+        .into());
+    }
+    create_dir(&args.socket_dir)?;
+    let mut builder = coordinator::Builder::new()
+        .socket_dir(&args.socket_dir, args.id_list.iter().cloned())
+        .call_timeout(args.timeout)
+        .connect_timeout(args.connect_timeout);
+    for id in &args.optional {
+        builder = builder.optional(id.clone());
+    }
+    for uid in &args.allow_uid {
+        builder = builder.allow_uid(*uid);
+    }
+
+    rt::block_on(async move {
+        // Caught from before the first socket exists, so that a stop
+        // request can never leave socket files behind.
+        let mut signals = interrupt::catch(&[Signal::Term, Signal::Int])
+            .context("cannot install signal handlers")?;
+        let coordinator = builder.bind_with(passed.helpers)?;
+        let sockets: Vec<String> = coordinator
+            .helpers()
+            .map(|h| format!("{}={}", h.id, h.socket.display()))
+            .collect();
+        let server = match passed.control {
+            Some(listener) => Server::from_listener(coordinator, listener)?,
+            None => Server::bind(coordinator, &control_path)?,
+        };
+        let shown = server
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(passed, unnamed)".to_string());
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ready: control {shown} helpers {}", sockets.join(" "));
+            let _ = out.flush();
+        }
+        tracing::info!(control = %shown, "serving {} helpers", sockets.len());
+        notify("READY=1");
+
+        let signal = signals.next().await;
+        tracing::info!("{}, stopping", describe(signal));
+        notify("STOPPING=1");
+        if rt::timeout(SHUTDOWN_LIMIT, server.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("clean stop took over {SHUTDOWN_LIMIT:?}; exiting anyway");
+        }
+        Ok(cli::EXIT_OK)
+    })
+}
+
+fn describe(signal: Option<std::io::Result<Signal>>) -> String {
+    match signal {
+        Some(Ok(Signal::Term)) => "SIGTERM received".into(),
+        Some(Ok(Signal::Int)) => "SIGINT received".into(),
+        Some(Ok(other)) => format!("{other:?} received"),
+        Some(Err(e)) => format!("signal handling failed ({e})"),
+        None => "signal handling ended".into(),
+    }
+}

@@ -1,0 +1,216 @@
+//! `inspect` and `convert` on good and bad streams, as the real binary.
+
+mod cli_util;
+mod util;
+
+use std::path::{Path, PathBuf};
+
+use cli_util::*;
+use dbus_vmstate::stream::{native, qemu, Limits, Record};
+use util::{pattern, tmpdir};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+const NATIVE_V1: &str = "native-v1-two-helpers.vmstate";
+const QEMU_7_2: &str = "qemu-7.2-two-helpers.payload";
+
+fn arg(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn inspect_lists_a_native_stream() {
+    let out = run_bin(["inspect", arg(&data(NATIVE_V1))]);
+    assert_exit(&out, 0);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("native stream, version 1, 3 helpers"),
+        "{shown}"
+    );
+    assert!(shown.contains("checksums verified"), "{shown}");
+    for id in ["idA", "idB", "empty"] {
+        assert!(
+            shown.lines().any(|l| l.trim_start().starts_with(id)),
+            "{id}: {shown}"
+        );
+    }
+
+    let out = run_bin(["inspect", "--json", arg(&data(NATIVE_V1))]);
+    assert_exit(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["format"], "native");
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["total_bytes"], 20);
+    assert_eq!(doc["stream_bytes"], 243);
+    assert_eq!(doc["checksums_verified"], true);
+    let ids: Vec<_> = doc["helpers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["id"].as_str().unwrap().to_string(),
+                h["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("idA".to_string(), 10),
+            ("idB".to_string(), 10),
+            ("empty".to_string(), 0)
+        ]
+    );
+    let crc = crc32c::crc32c(b"I'am\0idA!\0");
+    assert_eq!(doc["helpers"][0]["crc32c"], format!("{crc:08x}"));
+}
+
+#[test]
+fn inspect_lists_a_qemu_payload_from_stdin() {
+    let file = std::fs::File::open(data(QEMU_7_2)).unwrap();
+    let child = bin()
+        .args(["inspect", "--json", "-"])
+        .stdin(file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child);
+    assert_exit(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["format"], "qemu");
+    assert_eq!(doc["trailing_bytes"], 18, "QEMU's own padding");
+    assert_eq!(doc["checksums_verified"], false);
+    assert_eq!(doc["helpers"][1]["id"], "idB");
+}
+
+#[test]
+fn inspect_rejects_bad_streams_with_exit_1() {
+    let tmp = tmpdir();
+    let good = std::fs::read(data(NATIVE_V1)).unwrap();
+    let mut flipped = good.clone();
+    flipped[60] ^= 0x04;
+    let mut newer = good.clone();
+    newer[8] = 2; // version 2, with a valid header checksum
+    let crc = crc32c::crc32c(&newer[..16]);
+    newer[16..20].copy_from_slice(&crc.to_le_bytes());
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
+        ("flipped", flipped, "checksum"),
+        ("newer", newer, "version"),
+        ("trailing", [good.clone(), b"x".to_vec()].concat(), "after"),
+        ("empty", Vec::new(), "not a state stream"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let out = run_bin(["inspect", arg(&path)]);
+        assert_exit(&out, 1);
+        let err = text(&out.stderr).to_lowercase();
+        assert!(err.contains(name) && err.contains(needle), "{name}: {err}");
+    }
+}
+
+#[test]
+fn inspect_of_a_missing_file_is_exit_2() {
+    let out = run_bin(["inspect", "/nonexistent/x.vmstate"]);
+    assert_exit(&out, 2);
+    assert!(text(&out.stderr).contains("cannot open /nonexistent/x.vmstate"));
+    let out = run_bin(["inspect"]);
+    assert_exit(&out, 2);
+}
+
+#[test]
+fn convert_round_trips_between_formats() {
+    let tmp = tmpdir();
+    let payload = tmp.path().join("x.payload");
+    let back = tmp.path().join("x.vmstate");
+    let out = run_bin([
+        "convert",
+        "--to",
+        "qemu",
+        arg(&data(NATIVE_V1)),
+        arg(&payload),
+    ]);
+    assert_exit(&out, 0);
+    let records = qemu::decode(&std::fs::read(&payload).unwrap(), Limits::default())
+        .unwrap()
+        .records;
+    let golden = native::read_all(
+        std::fs::File::open(data(NATIVE_V1)).unwrap(),
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(records, golden);
+
+    let out = run_bin(["convert", "--to", "native", arg(&payload), arg(&back)]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(data(NATIVE_V1)).unwrap(),
+        "byte for byte"
+    );
+
+    // Real QEMU's payload, padding and all, to native on stdout.
+    let out = run_bin(["convert", "--to", "native", arg(&data(QEMU_7_2)), "-"]);
+    assert_exit(&out, 0);
+    let records = native::read_all(&out.stdout[..], Limits::default()).unwrap();
+    assert_eq!(records[0], Record::new("idA", b"I'am\0idA!\0".to_vec()));
+    assert_eq!(records.len(), 2);
+}
+
+#[test]
+fn convert_refuses_what_it_cannot_write_and_leaves_no_file() {
+    let tmp = tmpdir();
+    let out_path = tmp.path().join("out");
+    std::fs::write(&out_path, b"keep").unwrap();
+
+    // QEMU caps each helper at 1 MiB.
+    let big = tmp.path().join("big.vmstate");
+    std::fs::write(
+        &big,
+        native::encode(&[Record::new("huge", pattern((1 << 20) + 1, 0))]).unwrap(),
+    )
+    .unwrap();
+    let out = run_bin(["convert", "--to", "qemu", arg(&big), arg(&out_path)]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stderr).contains("\"huge\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A corrupt input.
+    let bad = tmp.path().join("bad.vmstate");
+    let mut bytes = std::fs::read(data(NATIVE_V1)).unwrap();
+    bytes.truncate(100);
+    std::fs::write(&bad, bytes).unwrap();
+    let out = run_bin(["convert", "--to", "qemu", arg(&bad), arg(&out_path)]);
+    assert_exit(&out, 1);
+    assert!(
+        text(&out.stderr).contains("rejected"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    assert_eq!(std::fs::read(&out_path).unwrap(), b"keep");
+    assert_eq!(entries(tmp.path()), ["bad.vmstate", "big.vmstate", "out"]);
+
+    let out = run_bin(["convert", "--to", "tar", arg(&bad), arg(&out_path)]);
+    assert_exit(&out, 2);
+}
