@@ -29,9 +29,19 @@ pub fn man(args: ManArgs) -> anyhow::Result<i32> {
         }
         None => {
             let mut out = io::stdout().lock();
-            clap_mangen::Man::new(cmd).render(&mut out)?;
-            out.flush()?;
+            let written = clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .and_then(|()| out.flush());
+            quiet_on_closed_pipe(written)?;
         }
     }
     Ok(cli::EXIT_OK)
+}
+
+/// A reader that stopped early (`dbus-vmstate man | head`) is not an error.
+fn quiet_on_closed_pipe(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
