@@ -26,7 +26,7 @@ use crate::iface;
 use crate::rt;
 use crate::stream::{native, Format, Limits, Record};
 use dispatch::{Route, Routes, FEED_QUEUE_CHUNKS};
-use verify::Verified;
+use verify::{Keep, Verified};
 
 /// What a load did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,9 +60,10 @@ pub(super) async fn load<R>(
 where
     R: Read + Send + 'static,
 {
-    let limits = limits(inner);
+    let (limits, keep) = (limits(inner), plain_now(inner).await);
     let started = Instant::now();
-    let verified = rt::spawn_blocking(move || verify::spooled(input, format, limits)).await?;
+    let verified =
+        rt::spawn_blocking(move || verify::spooled(input, format, limits, &keep)).await?;
     run(inner, verified, started.elapsed()).await
 }
 
@@ -74,10 +75,27 @@ pub(super) async fn load_seekable<R>(
 where
     R: Read + Seek + Send + 'static,
 {
-    let limits = limits(inner);
+    let (limits, keep) = (limits(inner), plain_now(inner).await);
     let started = Instant::now();
-    let verified = rt::spawn_blocking(move || verify::seekable(input, format, limits)).await?;
+    let verified =
+        rt::spawn_blocking(move || verify::seekable(input, format, limits, &keep)).await?;
     run(inner, verified, started.elapsed()).await
+}
+
+/// The Ids of the helpers connected now that take the plain path, whose
+/// states the first pass can keep. Calls nothing but (at most once per
+/// connection) `Introspect`.
+async fn plain_now(inner: &Inner) -> Keep {
+    let peers: Vec<(usize, Peer)> = (0..inner.slots.len())
+        .filter_map(|i| inner.slots[i].peer().map(|p| (i, p)))
+        .collect();
+    let modes = join_all(peers.iter().map(|(i, p)| transfer::mode(inner, *i, p))).await;
+    peers
+        .iter()
+        .zip(modes)
+        .filter(|(_, mode)| *mode == Mode::Plain)
+        .map(|((i, _), _)| inner.slots[*i].spec.id.clone())
+        .collect()
 }
 
 /// One helper to load.
@@ -90,8 +108,12 @@ struct Target {
 
 /// A target's state, on its way.
 enum Incoming {
+    /// Fed by the second pass to a streaming helper.
     Stream(mpsc::Receiver<feed::Feed>),
+    /// Collected by the second pass for a plain helper.
     Plain(oneshot::Receiver<Vec<u8>>),
+    /// In memory already (kept by the first pass, or decoded).
+    Ready(Vec<u8>),
 }
 
 async fn run(
@@ -175,48 +197,60 @@ async fn run(
         return Err(e);
     }
 
+    // States in memory already, and the stream to read again if needed.
+    let (mut ready, again) = match verified {
+        Verified::Records(records) => (records.into_iter().map(|r| (r.id, r.data)).collect(), None),
+        Verified::Native {
+            input,
+            summary,
+            kept,
+        } => (kept, Some((input, summary))),
+    };
     let streaming = targets.iter().filter(|t| t.mode == Mode::Stream).count();
     let pool = Arc::new(Pool::new(
         streaming * (FEED_QUEUE_CHUNKS + 1) + 1,
         native::CHUNK_BYTES,
     ));
     let mut routes = Routes::new();
+    let mut from_memory = Vec::new();
     let mut incoming = Vec::with_capacity(targets.len());
     for t in &targets {
         let id = specs[t.slot].id.clone();
-        match t.mode {
-            Mode::Stream => {
-                let (tx, rx) = mpsc::sync_channel(FEED_QUEUE_CHUNKS);
-                routes.insert(id, Route::Stream(tx));
-                incoming.push(Incoming::Stream(rx));
-            }
-            Mode::Plain => {
+        let state = ready.remove(&id);
+        match (t.mode, state) {
+            (Mode::Plain, Some(data)) => incoming.push(Incoming::Ready(data)),
+            (Mode::Plain, None) => {
                 let (tx, rx) = oneshot::channel();
-                routes.insert(
-                    id,
-                    Route::Plain {
-                        tx,
-                        data: Vec::new(),
-                    },
-                );
+                let data = Vec::new();
+                routes.insert(id, Route::Plain { tx, data });
                 incoming.push(Incoming::Plain(rx));
+            }
+            (Mode::Stream, state) => {
+                let (tx, rx) = mpsc::sync_channel(FEED_QUEUE_CHUNKS);
+                match state {
+                    Some(data) => from_memory.push((Record::new(id, data), Route::Stream(tx))),
+                    None => drop(routes.insert(id, Route::Stream(tx))),
+                }
+                incoming.push(Incoming::Stream(rx));
             }
         }
     }
+    drop(ready);
+    // Read the stream again only for states not in memory.
+    let again = again.filter(|_| !routes.is_empty());
 
     let started = Instant::now();
     let second_pass = {
         let (pool, limits) = (pool.clone(), limits(inner));
-        rt::spawn_blocking(move || match verified {
-            Verified::Native { input, summary } => {
-                dispatch::native(input, limits, &summary, routes, &pool)
-            }
-            Verified::Records(records) => {
-                dispatch::records(records, routes, &pool);
-                Ok(())
+        rt::spawn_blocking(move || {
+            dispatch::from_memory(from_memory, &pool);
+            match again {
+                Some((input, summary)) => dispatch::native(input, limits, &summary, routes, &pool),
+                None => Ok(()),
             }
         })
     };
+    let specs = &specs;
     let calls = join_all(targets.iter().zip(incoming).map(|(t, incoming)| {
         let pool = pool.clone();
         async move {
@@ -224,7 +258,16 @@ async fn run(
                 Incoming::Stream(feed) => {
                     feed::load(inner, t.slot, &t.peer, t.size, feed, pool).await
                 }
-                Incoming::Plain(data) => load_plain(inner, t.slot, &t.peer, data).await,
+                Incoming::Plain(data) => match data.await {
+                    Ok(data) => load_plain(inner, t.slot, &t.peer, data).await,
+                    Err(oneshot::Canceled) => Err(Error::Transfer {
+                        id: specs[t.slot].id.clone(),
+                        call: Call::Load,
+                        reason: "not called: the stream failed its second pass".to_string(),
+                        source: None,
+                    }),
+                },
+                Incoming::Ready(data) => load_plain(inner, t.slot, &t.peer, data).await,
             };
             (t, result)
         }
@@ -269,23 +312,15 @@ async fn run(
     })
 }
 
-/// Calls plain `Load` once the second pass handed over the whole state.
+/// Calls plain `Load` with the whole state.
 async fn load_plain(
     inner: &Inner,
     index: usize,
     peer: &Peer,
-    data: oneshot::Receiver<Vec<u8>>,
+    data: Vec<u8>,
 ) -> Result<Transfer, Error> {
     let id = &inner.slots[index].spec.id;
     let timeout = inner.config.call_timeout;
-    let Ok(data) = data.await else {
-        return Err(Error::Transfer {
-            id: id.clone(),
-            call: Call::Load,
-            reason: "not called: the stream failed its second pass".to_string(),
-            source: None,
-        });
-    };
     let started = Instant::now();
     match rt::timeout(timeout, iface::call_load(&peer.conn, &data)).await {
         Ok(Ok(())) => Ok(Transfer {

@@ -146,16 +146,11 @@ pub(crate) fn native(
     Ok(())
 }
 
-/// Hands decoded records (a QEMU payload) to their routes.
-pub(crate) fn records(records: Vec<Record>, mut routes: Routes, pool: &Pool) {
-    for record in records {
-        match routes.remove(&record.id) {
-            Some(Route::Plain { tx, .. }) => drop(tx.send(record.data)),
-            Some(mut route) => {
-                route.chunk(&record.data, pool);
-                route.finish();
-            }
-            None => {}
-        }
+/// Feeds states already in memory (a decoded QEMU payload) to their
+/// streaming helpers.
+pub(crate) fn from_memory(states: Vec<(Record, Route)>, pool: &Pool) {
+    for (record, mut route) in states {
+        route.chunk(&record.data, pool);
+        route.finish();
     }
 }

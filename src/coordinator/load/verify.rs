@@ -7,10 +7,16 @@
 //! it is verified (memory up to [`SPOOL_MEMORY_BYTES`], then an unlinked
 //! temporary file) and the spool is read the second time. A QEMU payload
 //! (at most 1 MiB per helper) is decoded into memory.
+//!
+//! The states of helpers known to be plain ([`Keep`]) are kept from the
+//! first pass: they go into one `Load` message anyway, and keeping them
+//! spares a second read (none at all when every helper is plain).
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom, Write};
 
 use crate::error::Error;
+use crate::iface;
 use crate::stream::{self, native, qemu, Format, Limits, Record};
 
 /// How much of a non-seekable native stream is spooled in memory before
@@ -20,14 +26,19 @@ pub(crate) const SPOOL_MEMORY_BYTES: usize = 8 << 20;
 /// Read buffer of the second pass over a spool.
 const SPOOL_READ_BUFFER_BYTES: usize = 1 << 20;
 
+/// Ids of the helpers whose states the first pass keeps.
+pub(crate) type Keep = HashSet<String>;
+
 /// A verified stream, ready for its second pass.
 pub(crate) enum Verified {
     /// A QEMU payload, decoded.
     Records(Vec<Record>),
-    /// A native stream: its summary, and the input at the stream's start.
+    /// A native stream: its summary, the input at the stream's start, and
+    /// the kept states (at most one D-Bus message each) by Id.
     Native {
         input: Box<dyn Read + Send>,
         summary: native::Summary,
+        kept: HashMap<String, Vec<u8>>,
     },
 }
 
@@ -102,11 +113,54 @@ fn decode_qemu<R: Read>(input: R, limits: Limits) -> Result<Verified, Error> {
     Ok(Verified::Records(decoded.records))
 }
 
+/// Verifies a whole native stream, keeping the states of `keep` that fit
+/// in one `Load` message.
+fn first_pass<R: Read>(
+    input: R,
+    limits: Limits,
+    keep: &Keep,
+) -> Result<(native::Summary, HashMap<String, Vec<u8>>), stream::Error> {
+    let mut reader = native::Reader::new(input, limits)?;
+    // By helper index: the state being kept, if it is.
+    let mut open: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut kept = HashMap::new();
+    loop {
+        let ended = match reader.next_event()? {
+            None => break,
+            Some(native::Event::Begin { id, .. }) => {
+                open.push(keep.contains(id).then(Vec::new));
+                None
+            }
+            Some(native::Event::Chunk { helper, data }) => {
+                if let Some(slot) = open.get_mut(helper as usize) {
+                    match slot {
+                        Some(buf) if buf.len() + data.len() <= iface::MAX_LOAD_BLOB_BYTES => {
+                            buf.extend_from_slice(data)
+                        }
+                        // Too large for a message: the load will refuse it.
+                        _ => *slot = None,
+                    }
+                }
+                None
+            }
+            Some(native::Event::End { helper, .. }) => Some(helper),
+        };
+        if let Some(helper) = ended {
+            let state = open.get_mut(helper as usize).and_then(Option::take);
+            if let (Some(state), Some(id)) = (state, reader.id_of(helper)) {
+                kept.insert(id.to_string(), state);
+            }
+        }
+    }
+    Ok((reader.summary(), kept))
+}
+
 /// First pass over an input read only once: a native stream is spooled.
 pub(crate) fn spooled<R: Read>(
     mut input: R,
     format: Option<Format>,
     limits: Limits,
+    keep: &Keep,
 ) -> Result<Verified, Error> {
     let prefix = read_prefix(&mut input)?;
     let format = format_of(&prefix, format)?;
@@ -120,15 +174,16 @@ pub(crate) fn spooled<R: Read>(
         spool: &mut spool,
         spool_error: None,
     };
-    let summary = native::inspect(&mut tee, limits);
+    let passed = first_pass(&mut tee, limits, keep);
     if let Some(source) = tee.spool_error.take() {
         return Err(spool_error(source));
     }
-    let summary = summary.map_err(read_error)?;
+    let (summary, kept) = passed.map_err(read_error)?;
     spool.seek(SeekFrom::Start(0)).map_err(spool_error)?;
     Ok(Verified::Native {
         input: Box::new(BufReader::with_capacity(SPOOL_READ_BUFFER_BYTES, spool)),
         summary,
+        kept,
     })
 }
 
@@ -138,9 +193,10 @@ pub(crate) fn seekable<R: Read + Seek + Send + 'static>(
     mut input: R,
     format: Option<Format>,
     limits: Limits,
+    keep: &Keep,
 ) -> Result<Verified, Error> {
     let Ok(start) = input.stream_position() else {
-        return spooled(input, format, limits);
+        return spooled(input, format, limits, keep);
     };
     let prefix = read_prefix(&mut input)?;
     let format = format_of(&prefix, format)?;
@@ -148,11 +204,12 @@ pub(crate) fn seekable<R: Read + Seek + Send + 'static>(
     if format == Format::Qemu {
         return decode_qemu(input, limits);
     }
-    let summary = native::inspect(&mut input, limits).map_err(read_error)?;
+    let (summary, kept) = first_pass(&mut input, limits, keep).map_err(read_error)?;
     input.seek(SeekFrom::Start(start)).map_err(io_error)?;
     Ok(Verified::Native {
         input: Box::new(input),
         summary,
+        kept,
     })
 }
 
@@ -206,7 +263,7 @@ mod tests {
     #[test]
     fn spooled_input_is_verified_and_replayed() {
         let bytes = stream();
-        let v = spooled(&bytes[..], None, Limits::default()).unwrap();
+        let v = spooled(&bytes[..], None, Limits::default(), &Keep::new()).unwrap();
         assert_eq!(v.contents(), vec![("a".into(), 3000), ("b".into(), 0)]);
         assert_eq!(read_back(v), bytes);
     }
@@ -217,7 +274,7 @@ mod tests {
         bytes.extend(stream());
         let mut cursor = Cursor::new(bytes.clone());
         cursor.seek(SeekFrom::Start(4)).unwrap();
-        let v = seekable(cursor, None, Limits::default()).unwrap();
+        let v = seekable(cursor, None, Limits::default(), &Keep::new()).unwrap();
         assert_eq!(read_back(v), bytes[4..]);
     }
 
@@ -227,20 +284,32 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         assert!(matches!(
-            spooled(&bytes[..], None, Limits::default()),
+            spooled(&bytes[..], None, Limits::default(), &Keep::new()),
             Err(Error::Stream(_))
         ));
         assert!(matches!(
-            seekable(Cursor::new(bytes), None, Limits::default()),
+            seekable(Cursor::new(bytes), None, Limits::default(), &Keep::new()),
             Err(Error::Stream(_))
         ));
+    }
+
+    #[test]
+    fn states_of_plain_helpers_are_kept() {
+        let bytes = stream();
+        let keep: Keep = ["a".to_string()].into();
+        let v = seekable(Cursor::new(bytes), None, Limits::default(), &keep).unwrap();
+        let Verified::Native { kept, .. } = v else {
+            panic!("expected native")
+        };
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept["a"], vec![1; 3000]);
     }
 
     #[test]
     fn qemu_payloads_are_decoded() {
         let mut bytes = Vec::new();
         qemu::write(&mut bytes, &[Record::new("a", b"x".to_vec())]).unwrap();
-        let v = spooled(&bytes[..], None, Limits::default()).unwrap();
+        let v = spooled(&bytes[..], None, Limits::default(), &Keep::new()).unwrap();
         assert_eq!(v.format(), Format::Qemu);
         assert_eq!(v.contents(), vec![("a".into(), 1)]);
     }
