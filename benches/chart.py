@@ -9,6 +9,7 @@ benches/throughput.svg. Standard library only.
 """
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -179,7 +180,7 @@ def svg(results, out):
     panel_w, panel_h, gap = 440, 300, 40
     left, right, top, bottom = 60, 15, 40, 45
     width = 2 * panel_w + gap
-    height = panel_h + 150
+    height = panel_h + 95
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
@@ -196,8 +197,10 @@ def svg(results, out):
         x0 = p * (panel_w + gap)
         pw, ph = panel_w - left - right, panel_h - top - bottom
 
+        lo, hi = math.log2(SIZE_BYTES[SIZES[0]]), math.log2(SIZE_BYTES[SIZES[-1]])
+
         def px(i):
-            return x0 + left + pw * i / (len(SIZES) - 1)
+            return x0 + left + pw * (math.log2(SIZE_BYTES[SIZES[i]]) - lo) / (hi - lo)
 
         def py(v):
             return top + ph - ph * v / ymax
@@ -232,12 +235,13 @@ def svg(results, out):
             for x, y in points:
                 parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
     ly = panel_h + 20
-    for i, (_, label, color) in enumerate(PATHS):
+    for i, (key, label, color) in enumerate(PATHS):
         lx = 60 + (i % 3) * 280
         y = ly + (i // 3) * 20
-        parts.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 24}" y2="{y}" stroke="{color}" stroke-width="2"/>')
+        dash = ' stroke-dasharray="5,3"' if key in ("raw_socket", "bus_call") else ""
+        parts.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 24}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>')
         parts.append(f'<text x="{lx + 30}" y="{y + 4}">{label}</text>')
-    parts.append(f'<text x="60" y="{ly + 60}" fill="#555">Each point: median of one helper process saving '
+    parts.append(f'<text x="60" y="{ly + 55}" fill="#555">Each point: median of one helper process saving '
                  f'(or loading) its state once; plain paths stop at 64 MiB (one D-Bus message holds 128 MiB).</text>')
     parts.append("</svg>")
     out.write_text("\n".join(parts) + "\n")

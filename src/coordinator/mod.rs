@@ -587,7 +587,9 @@ impl Coordinator {
             path: Some(path.to_path_buf()),
             source: e,
         })?;
-        self.load_seekable(std::io::BufReader::with_capacity(1 << 20, file), format)
+        // Small enough that a chunk's payload is mostly read straight into
+        // the stream reader's buffer rather than copied through this one.
+        self.load_seekable(std::io::BufReader::with_capacity(64 << 10, file), format)
             .await
     }
 

@@ -23,8 +23,9 @@ use crate::stream::{self, native, qemu, Format, Limits, Record};
 /// the spool moves to a temporary file.
 pub(crate) const SPOOL_MEMORY_BYTES: usize = 8 << 20;
 
-/// Read buffer of the second pass over a spool.
-const SPOOL_READ_BUFFER_BYTES: usize = 1 << 20;
+/// Read buffer of the second pass over a spool: small, so that a chunk's
+/// payload is mostly read straight into the stream reader's buffer.
+const SPOOL_READ_BUFFER_BYTES: usize = 64 << 10;
 
 /// Ids of the helpers whose states the first pass keeps.
 pub(crate) type Keep = HashSet<String>;
