@@ -38,6 +38,8 @@ struct Streamer {
     load: Act,
     saves: AtomicUsize,
     loads: AtomicUsize,
+    /// Set when writing the state failed (the coordinator closed its end).
+    write_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Streamer {
@@ -49,6 +51,7 @@ impl Streamer {
             load,
             saves: AtomicUsize::new(0),
             loads: AtomicUsize::new(0),
+            write_failed: Default::default(),
         })
     }
 
@@ -66,7 +69,12 @@ impl State for Streamer {
         self.saves.fetch_add(1, Ordering::SeqCst);
         let data = self.data();
         match self.save {
-            Act::Whole | Act::StopAfter(_) => out.write_all(&data)?,
+            Act::Whole | Act::StopAfter(_) => {
+                if let Err(e) = out.write_all(&data) {
+                    self.write_failed.store(true, Ordering::SeqCst);
+                    return Err(e.into());
+                }
+            }
             Act::FailAfter(n) => {
                 out.write_all(&data[..n])?;
                 return Err("disk on fire".into());
@@ -579,5 +587,48 @@ fn helper_closing_its_socket_early_on_load_fails_the_load() {
             "{err}"
         );
         assert!(err.to_string().contains("stopped reading"), "{err}");
+    });
+}
+
+/// An output that fails once `room` bytes were written.
+#[derive(Debug)]
+struct FullDisk {
+    room: usize,
+}
+
+impl Write for FullDisk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc_enospc()));
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `ENOSPC` on Linux.
+fn libc_enospc() -> i32 {
+    28
+}
+
+#[test]
+fn output_failure_stops_streaming_helpers_and_is_reported() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"]).bind().unwrap();
+        let a = Streamer::new("a", big(64 << 20, 1), Act::Whole, Act::Whole);
+        spawn_with(dir.path(), a.clone(), true);
+        let err = c.save(FullDisk { room: 2 << 20 }).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(28)),
+            "{err}"
+        );
+        // The helper was stopped rather than left to stream all 64 MiB.
+        assert!(a.write_failed.load(Ordering::SeqCst));
     });
 }

@@ -11,6 +11,7 @@ mod writer;
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,12 +84,14 @@ where
 
     let started = Instant::now();
     let pool = Arc::new(Pool::new(streaming + SPARE_CHUNKS, native::CHUNK_BYTES));
+    // Raised by the writer thread when it fails: nothing more can be saved.
+    let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<Msg>();
     let writer = {
-        let pool = pool.clone();
+        let (pool, stop) = (pool.clone(), stop.clone());
         std::thread::Builder::new()
             .name("vmstate-writer".into())
-            .spawn(move || writer::run(out, rx, pool))
+            .spawn(move || writer::run(out, rx, pool, &stop))
             .map_err(|e| Error::Io {
                 what: "cannot start the stream writer thread",
                 path: None,
@@ -100,11 +103,11 @@ where
         .iter()
         .zip(&modes)
         .map(|((i, peer), &mode)| {
-            let (tx, pool) = (tx.clone(), pool.clone());
+            let (tx, pool, stop) = (tx.clone(), pool.clone(), stop.clone());
             async move {
                 let result = match mode {
                     Mode::Plain => save_plain(inner, *i, peer, &tx).await,
-                    Mode::Stream => streamed::save(inner, *i, peer, tx, pool).await,
+                    Mode::Stream => streamed::save(inner, *i, peer, tx, pool, stop).await,
                 };
                 (*i, mode, result)
             }
@@ -138,20 +141,23 @@ where
     drop(calls);
     let written = rt::spawn_blocking(move || writer.join()).await;
 
+    let written = written.unwrap_or_else(|_| {
+        Err(Error::Io {
+            what: "the stream writer thread panicked",
+            path: None,
+            source: std::io::Error::other("writer thread panicked"),
+        })
+    });
+    // An output failure stopped every helper: it is the cause to report.
+    // Any other writer error (a state left open) follows from a helper's.
+    if let Err(e @ Error::Io { .. }) = written {
+        return Err(e);
+    }
     errors.sort_by_key(|(i, _)| *i);
     if let Some(e) = Error::from_many(errors.into_iter().map(|(_, e)| e).collect()) {
         return Err(e);
     }
-    let (out, stream_bytes) = match written {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(Error::Io {
-                what: "the stream writer thread panicked",
-                path: None,
-                source: std::io::Error::other("writer thread panicked"),
-            })
-        }
-    };
+    let (out, stream_bytes) = written?;
     Ok((
         out,
         SaveReport {

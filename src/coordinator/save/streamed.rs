@@ -41,6 +41,7 @@ pub(super) async fn save(
     peer: &Peer,
     tx: Sender<Msg>,
     pool: Arc<Pool>,
+    stop: Arc<AtomicBool>,
 ) -> Result<Transfer, Error> {
     let spec = &inner.slots[index].spec;
     let id = &spec.id;
@@ -65,7 +66,10 @@ pub(super) async fn save(
     let started = Instant::now();
     let reader = {
         let (tx, cancelled) = (tx.clone(), cancelled.clone());
-        rt::spawn_blocking(move || receive(&ours, index, &tx, &pool, limit, &cancelled))
+        rt::spawn_blocking(move || {
+            let give_up = || cancelled.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
+            receive(&ours, index, &tx, &pool, limit, give_up)
+        })
     };
     let call = async {
         let reply = iface::call_save_fd(&peer.conn, theirs.as_fd()).await;
@@ -137,14 +141,14 @@ fn judge(id: &str, limit: u64, reply: zbus::Result<u64>, received: Received) -> 
 
 /// The reader thread: fills pool buffers from the coordinator's end and
 /// sends them to the writer until end-of-file, an error, the limit, or
-/// cancellation.
+/// `give_up` (this helper's save was abandoned, or the output failed).
 fn receive(
     end: &Socket,
     slot: usize,
     tx: &Sender<Msg>,
     pool: &Pool,
     limit: u64,
-    cancelled: &AtomicBool,
+    give_up: impl Fn() -> bool,
 ) -> Received {
     let mut total = 0u64;
     loop {
@@ -165,8 +169,10 @@ fn receive(
             pair::abort(end);
             return Received::TooLarge(total);
         }
-        if cancelled.load(Ordering::Acquire) {
+        if give_up() {
             pool.put(buf);
+            // The helper's writes now fail, and it replies.
+            pair::abort(end);
             return Received::Cancelled;
         }
         if buf.is_empty() {

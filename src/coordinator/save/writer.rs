@@ -7,14 +7,16 @@
 //! temporary file and are copied into the stream only at its `End`, so an
 //! [`Msg::Abort`] can still drop it (optional helpers).
 //!
-//! Chunk buffers go back to the [`Pool`] once written. After an output
-//! error the thread keeps draining messages and returning buffers, so no
-//! producer waits forever for a buffer, and reports the first error at the
-//! end.
+//! Chunk buffers go back to the [`Pool`] once written. After an error the
+//! thread raises the shared stop flag (the reader threads then give up and
+//! close their helpers' sockets), keeps draining messages and returning
+//! buffers, so no producer waits forever for a buffer, and reports the
+//! first error at the end.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -63,7 +65,12 @@ struct Thread<W: Write> {
 
 /// Runs the writer thread until every sender is gone. Returns the output
 /// and the stream's size.
-pub(super) fn run<W: Write>(out: W, rx: Receiver<Msg>, pool: Arc<Pool>) -> Result<(W, u64), Error> {
+pub(super) fn run<W: Write>(
+    out: W,
+    rx: Receiver<Msg>,
+    pool: Arc<Pool>,
+    stop: &AtomicBool,
+) -> Result<(W, u64), Error> {
     let mut thread = match native::Writer::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, out)) {
         Ok(writer) => Thread {
             writer,
@@ -72,12 +79,14 @@ pub(super) fn run<W: Write>(out: W, rx: Receiver<Msg>, pool: Arc<Pool>) -> Resul
             copy_buf: Vec::new(),
         },
         Err(e) => {
+            stop.store(true, Ordering::Release);
             drain(rx, &pool);
             return Err(write_error(e));
         }
     };
     while let Ok(msg) = rx.recv() {
         if let Err(e) = thread.handle(msg) {
+            stop.store(true, Ordering::Release);
             drain(rx, &pool);
             return Err(e);
         }
