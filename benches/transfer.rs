@@ -10,6 +10,9 @@
 //!   (QEMU's design).
 //! - `helpers_4k/*`: 1, 16 and 64 helpers of 4 KiB saved at once by the
 //!   coordinator, against one after another (QEMU's way).
+//! - the latency of a 4 KiB `Save`, peer to peer and through the bus,
+//!   interleaved with a raw request/reply (printed at the end and written
+//!   to `dbus-vmstate-latency.txt` in criterion's directory);
 //! - coordinator peak memory while saving 1 GiB (printed at the end and
 //!   written to `dbus-vmstate-rss.txt` in criterion's directory).
 //!
@@ -238,6 +241,55 @@ fn many_helpers_benches(c: &mut Criterion) {
     }
 }
 
+/// Latency of one 4 KiB `Save`, peer to peer against through the bus, and
+/// a raw request/reply of the same bytes, measured interleaved (one of
+/// each per round) so that all three see the same machine: on a shared VM
+/// the wake-up latency of an idle CPU swings between a few µs and tens of
+/// µs, which separate benchmarks can catch at different moments.
+fn interleaved_latency() {
+    const ROUNDS: usize = 3000;
+    const WARM_UP: usize = 300;
+    if !wanted("latency") {
+        return;
+    }
+    let size = 4 * KIB;
+    let Some(bus) = Bus::start(1, size) else {
+        eprintln!("dbus-daemon not available: latency skipped");
+        return;
+    };
+    let p2p = P2p::start(1, size, false);
+    let mut raw = RawSender::start(size);
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for round in 0..WARM_UP + ROUNDS {
+        let t = std::time::Instant::now();
+        raw.copy(size);
+        let raw_t = t.elapsed();
+        let t = std::time::Instant::now();
+        rt::block_on(iface::call_save(&p2p.conns[0])).expect("Save");
+        let p2p_t = t.elapsed();
+        let t = std::time::Instant::now();
+        rt::block_on(bus_save(&bus.conn, &bus.helpers[0]));
+        let bus_t = t.elapsed();
+        if round >= WARM_UP {
+            for (v, d) in times.iter_mut().zip([raw_t, p2p_t, bus_t]) {
+                v.push(d.as_secs_f64() * 1e6);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [raw_us, p2p_us, bus_us] = times.map(|mut v| median(&mut v));
+    let line = format!(
+        "save_4KiB_median_us raw_socket={raw_us:.1} p2p_call={p2p_us:.1} bus_call={bus_us:.1} rounds={ROUNDS}"
+    );
+    println!("latency, interleaved: {line}");
+    let dir = criterion_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("dbus-vmstate-latency.txt"), line + "\n");
+}
+
 /// Coordinator peak RSS, each in a fresh child process.
 fn peak_memory() {
     if !wanted("memory") {
@@ -278,6 +330,7 @@ fn main() {
     save_benches(&mut c);
     load_benches(&mut c);
     many_helpers_benches(&mut c);
+    interleaved_latency();
     peak_memory();
     c.final_summary();
 }
