@@ -276,25 +276,25 @@ def main():
     memory = memory_lines(root)
     lat = latency(root)
     svg(results, out)
-    print("#### Save (helper to coordinator)\n")
+    print("### Save (helper to coordinator)\n")
     print(throughput_table(results, "save"))
-    print("\n#### Load (coordinator to helper)\n")
+    print("\n### Load (coordinator to helper)\n")
     print(throughput_table(results, "load"))
     table = helpers_table(results)
     if table:
-        print("\n#### Many helpers, 4 KiB each: one save of all of them\n")
+        print("\n### Many helpers, 4 KiB each: one save of all of them\n")
         print(table)
     if memory:
-        print("\n#### Coordinator peak memory (VmHWM of a process running only the coordinator)\n")
+        print("\n### Coordinator peak memory (VmHWM of a process running only the coordinator)\n")
         print("| run | before | after |\n|---|---|---|")
         for what, size, before, after in memory:
             print(f"| {what} {size} | {before / 1024:.1f} MiB | {after / 1024:.1f} MiB |")
     if lat:
-        print("\n#### Latency of one 4 KiB Save, interleaved (median)\n")
+        print("\n### Latency of one 4 KiB Save, interleaved (median)\n")
         print("| raw Unix socket request/reply | bare call, peer to peer | bare call, through dbus-daemon |")
         print("|---|---|---|")
         print(f"| {lat.get('raw_socket', 0):.0f} µs | {lat.get('p2p_call', 0):.0f} µs | {lat.get('bus_call', 0):.0f} µs |")
-    print("\n#### Targets\n")
+    print("\n### Targets\n")
     print(targets(results, memory, lat))
     print(f"\n(chart written to {out})", file=sys.stderr)
 

@@ -43,6 +43,53 @@
 //! helper::serve_blocking("/run/vm0/vmstate/counter.sock", state, helper::Options::default())?;
 //! # Ok::<(), dbus_vmstate::Error>(())
 //! ```
+//!
+//! A helper with large state implements the streaming pair instead: it
+//! never holds a second copy of its state, on either side.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::sync::{Arc, Mutex};
+//! use dbus_vmstate::helper::{BoxError, State};
+//!
+//! /// Connection tracking entries, 64 bytes each.
+//! struct Conntrack { table: Mutex<Vec<[u8; 64]>> }
+//!
+//! impl State for Conntrack {
+//!     fn id(&self) -> &str { "conntrack" }
+//!     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
+//!         // Each write goes to the socket: gather small pieces first.
+//!         let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+//!         for entry in self.table.lock().unwrap().iter() {
+//!             out.write_all(entry)?;
+//!         }
+//!         out.flush()?;
+//!         Ok(())
+//!     }
+//!     fn load_from(&self, input: &mut dyn Read) -> Result<(), BoxError> {
+//!         let mut table = Vec::new();
+//!         let mut entry = [0u8; 64];
+//!         loop {
+//!             match input.read(&mut entry[..1])? {
+//!                 0 => break,
+//!                 _ => input.read_exact(&mut entry[1..])?,
+//!             }
+//!             table.push(entry);
+//!         }
+//!         // Only now, with the whole state read, replace the old one.
+//!         *self.table.lock().unwrap() = table;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let state = Conntrack { table: Mutex::new(vec![[7; 64]; 1000]) };
+//! let mut saved = Vec::new();
+//! state.save_to(&mut saved)?;
+//! let copy = Conntrack { table: Mutex::new(Vec::new()) };
+//! copy.load_from(&mut saved.as_slice())?;
+//! assert_eq!(copy.table.lock().unwrap().len(), 1000);
+//! # Ok::<(), BoxError>(())
+//! ```
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
