@@ -6,6 +6,7 @@
 //! coordinator loads the file into them, and each destination helper checks
 //! every byte against the same generator and reports through its exit code.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use dbus_vmstate::coordinator::{self, HelperReport};
-use dbus_vmstate::helper::{self, BoxError, State};
+use dbus_vmstate::helper::{self, BoxError, SharedBytes, State};
 use dbus_vmstate::stream::{native, Limits};
 
 use crate::cli::{DemoArgs, DemoHelperArgs};
@@ -71,13 +72,23 @@ fn verify(seed: u64, size: u64, data: &[u8]) -> bool {
 
 /// A demo helper's state: generated on the source, checked on arrival on
 /// the destination.
+///
+/// The state is held in an `Arc`, so that saving it copies nothing: the
+/// streaming path writes it from where it lies into the coordinator's
+/// socket, and the plain path shares it with the D-Bus reply.
 struct DemoState {
     id: String,
     seed: u64,
     size: u64,
-    data: Mutex<Vec<u8>>,
+    data: Mutex<Arc<Vec<u8>>>,
     /// 0: nothing loaded yet; 1: loaded and verified; 2: mismatch.
     verdict: AtomicU8,
+}
+
+impl DemoState {
+    fn current(&self) -> Result<Arc<Vec<u8>>, BoxError> {
+        Ok(self.data.lock().map_err(|_| "state lock poisoned")?.clone())
+    }
 }
 
 impl State for DemoState {
@@ -85,14 +96,26 @@ impl State for DemoState {
         &self.id
     }
 
-    fn save(&self) -> Result<Vec<u8>, BoxError> {
-        Ok(self.data.lock().map_err(|_| "state lock poisoned")?.clone())
+    fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
+        out.write_all(&self.current()?)?;
+        Ok(())
+    }
+
+    fn save_shared(&self) -> Result<SharedBytes, BoxError> {
+        Ok(self.current()?)
+    }
+
+    fn load_from(&self, input: &mut dyn Read) -> Result<(), BoxError> {
+        // The expected size is known here, so the buffer is allocated once.
+        let mut data = Vec::with_capacity(usize::try_from(self.size)?);
+        input.read_to_end(&mut data)?;
+        self.load(data)
     }
 
     fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
         let ok = verify(self.seed, self.size, &data);
         self.verdict.store(if ok { 1 } else { 2 }, Ordering::SeqCst);
-        *self.data.lock().map_err(|_| "state lock poisoned")? = data;
+        *self.data.lock().map_err(|_| "state lock poisoned")? = Arc::new(data);
         if ok {
             Ok(())
         } else {
@@ -119,7 +142,7 @@ pub fn run_helper(args: DemoHelperArgs) -> anyhow::Result<i32> {
         id: args.id,
         seed: args.seed,
         size: args.size,
-        data: Mutex::new(data),
+        data: Mutex::new(Arc::new(data)),
         verdict: AtomicU8::new(0),
     });
     helper::serve_blocking(&args.socket, state.clone(), helper::Options::default())?;
@@ -256,12 +279,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
 
     print_table(&ids, &save.helpers, &load.helpers);
     println!(
-        "stream: {} ({} bytes, {} records, checksums verified); save {:.1} ms, load {:.1} ms",
+        "stream: {} ({} bytes, {} records, checksums verified); save {:.1} ms, load {:.1} ms (after {:.1} ms verifying)",
         stream_path.display(),
         summary.stream_bytes,
         summary.helpers.len(),
         ms(save.duration),
         ms(load.duration),
+        ms(load.verification),
     );
     let mut failed = 0;
     for (id, status) in &statuses {
@@ -306,22 +330,27 @@ fn mbps(bytes: u64, d: Duration) -> String {
 }
 
 fn print_table(ids: &[String], saved: &[HelperReport], loaded: &[HelperReport]) {
-    let find = |list: &[HelperReport], id: &str| {
-        list.iter().find(|r| r.id == id).map(|r| r.transfer.clone())
-    };
+    let find = |list: &[HelperReport], id: &str| list.iter().find(|r| r.id == id).cloned();
     println!(
-        "{:<12} {:>12} {:>10} {:>10} {:>10} {:>10}",
-        "helper", "bytes", "save ms", "load ms", "save MB/s", "load MB/s"
+        "{:<12} {:>12} {:>13} {:>10} {:>10} {:>10} {:>10}",
+        "helper", "bytes", "path", "save ms", "load ms", "save MB/s", "load MB/s"
     );
     for id in ids {
         let (Some(s), Some(l)) = (find(saved, id), find(loaded, id)) else {
             println!("{id:<12} {:>12}", "(missing)");
             continue;
         };
+        let path = if s.mode == l.mode {
+            s.mode.to_string()
+        } else {
+            format!("{}/{}", s.mode, l.mode)
+        };
+        let (s, l) = (s.transfer, l.transfer);
         println!(
-            "{:<12} {:>12} {:>10.2} {:>10.2} {:>10} {:>10}",
+            "{:<12} {:>12} {:>13} {:>10.2} {:>10.2} {:>10} {:>10}",
             id,
             s.bytes,
+            path,
             ms(s.duration),
             ms(l.duration),
             mbps(s.bytes, s.duration),

@@ -115,6 +115,38 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// A helper's state does not fit in one D-Bus message, and the helper
+    /// does not serve `org.dbusvmstate.Stream1`, which would carry it.
+    #[error(
+        "helper {id:?}: {call}: state{} does not fit in one D-Bus message (limit {limit} bytes), and the helper does not implement org.dbusvmstate.Stream1",
+        size.map(|s| format!(" of {s} bytes")).unwrap_or_default()
+    )]
+    OverMessageLimit {
+        /// The helper.
+        id: String,
+        /// Which call.
+        call: Call,
+        /// The state's size, when known.
+        size: Option<u64>,
+        /// The largest state one message carries for this call.
+        limit: u64,
+    },
+
+    /// Moving a helper's state through its socket (the streaming path)
+    /// failed, although the call itself did not report an error.
+    #[error("helper {id:?}: {call} through its socket failed: {reason}")]
+    Transfer {
+        /// The helper.
+        id: String,
+        /// Which call.
+        call: Call,
+        /// What went wrong.
+        reason: String,
+        /// The I/O error on the coordinator's end, if there was one.
+        #[source]
+        source: Option<io::Error>,
+    },
+
     /// The stream holds no state for a required helper.
     #[error("helper {id:?}: required, but the stream holds no state for it")]
     MissingInStream {
@@ -209,6 +241,8 @@ impl Error {
             | Error::Call { id, .. }
             | Error::Timeout { id, .. }
             | Error::TooLarge { id, .. }
+            | Error::OverMessageLimit { id, .. }
+            | Error::Transfer { id, .. }
             | Error::MissingInStream { id }
             | Error::UnknownInStream { id }
             | Error::Connect { id, .. } => Some(id),

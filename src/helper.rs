@@ -2,10 +2,23 @@
 //!
 //! [`serve`] connects to the coordinator's socket for this helper (retrying
 //! until the socket exists, up to a deadline), exports `org.qemu.VMState1`
-//! at `/org/qemu/VMState1` over a peer-to-peer D-Bus connection, and
-//! returns when the coordinator closes the connection.
+//! and the streaming extension `org.dbusvmstate.Stream1` at
+//! `/org/qemu/VMState1` over a peer-to-peer D-Bus connection, and returns
+//! when the coordinator closes the connection. [`serve_bus`] serves the
+//! same objects on a D-Bus bus, the way QEMU's `dbus-vmstate` finds
+//! helpers, so one helper binary works with both.
 //!
-//! `Save` and `Load` run on a blocking thread pool, never on the D-Bus I/O
+//! Two paths move the state, and the coordinator picks one per helper:
+//!
+//! - **plain**: `Save() -> ay` and `Load(ay)` carry the state in one D-Bus
+//!   message, at most 128 MiB. The library calls [`State::save_shared`]
+//!   and [`State::load`].
+//! - **streaming**: `SaveFd(h)` and `LoadFd(h, t)` pass a socket, and the
+//!   state flows through it with no size limit and no D-Bus copies. The
+//!   library calls [`State::save_to`] with the socket as a [`Write`] and
+//!   [`State::load_from`] with it as a [`Read`].
+//!
+//! Every call runs on a blocking thread pool, never on the D-Bus I/O
 //! thread, so a slow save does not stall the connection.
 //!
 //! ```no_run
@@ -30,6 +43,53 @@
 //! helper::serve_blocking("/run/vm0/vmstate/counter.sock", state, helper::Options::default())?;
 //! # Ok::<(), dbus_vmstate::Error>(())
 //! ```
+//!
+//! A helper with large state implements the streaming pair instead: it
+//! never holds a second copy of its state, on either side.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::sync::{Arc, Mutex};
+//! use dbus_vmstate::helper::{BoxError, State};
+//!
+//! /// Connection tracking entries, 64 bytes each.
+//! struct Conntrack { table: Mutex<Vec<[u8; 64]>> }
+//!
+//! impl State for Conntrack {
+//!     fn id(&self) -> &str { "conntrack" }
+//!     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
+//!         // Each write goes to the socket: gather small pieces first.
+//!         let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+//!         for entry in self.table.lock().unwrap().iter() {
+//!             out.write_all(entry)?;
+//!         }
+//!         out.flush()?;
+//!         Ok(())
+//!     }
+//!     fn load_from(&self, input: &mut dyn Read) -> Result<(), BoxError> {
+//!         let mut table = Vec::new();
+//!         let mut entry = [0u8; 64];
+//!         loop {
+//!             match input.read(&mut entry[..1])? {
+//!                 0 => break,
+//!                 _ => input.read_exact(&mut entry[1..])?,
+//!             }
+//!             table.push(entry);
+//!         }
+//!         // Only now, with the whole state read, replace the old one.
+//!         *self.table.lock().unwrap() = table;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let state = Conntrack { table: Mutex::new(vec![[7; 64]; 1000]) };
+//! let mut saved = Vec::new();
+//! state.save_to(&mut saved)?;
+//! let copy = Conntrack { table: Mutex::new(Vec::new()) };
+//! copy.load_from(&mut saved.as_slice())?;
+//! assert_eq!(copy.table.lock().unwrap().len(), 1000);
+//! # Ok::<(), BoxError>(())
+//! ```
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -37,23 +97,33 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
-
 use crate::error::Error;
-use crate::iface::{self, Blob};
+use crate::iface;
 use crate::rt;
 use crate::stream;
+
+mod fd;
+mod file;
+mod object;
+
+pub use file::FileState;
 
 /// Any error a [`State`] implementation returns; its text (with causes)
 /// travels to the coordinator in the D-Bus error reply.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Read-only bytes shared with the library without a copy: what
+/// [`State::save_shared`] returns. An `Arc<Vec<u8>>` is one.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// A helper's migratable state.
 ///
 /// Implement [`State::id`] and either the buffer pair ([`State::save`],
 /// [`State::load`]) or the streaming pair ([`State::save_to`],
-/// [`State::load_from`]): each pair has a default built on the other.
-/// Implementing neither of a pair recurses forever.
+/// [`State::load_from`]): each pair has a default built on the other, so
+/// either gives both paths. Implementing neither of a pair recurses
+/// forever. The streaming pair is the one to implement for large state:
+/// it moves through bounded memory on both sides.
 ///
 /// The methods are called on a blocking thread pool; they may block.
 pub trait State: Send + Sync + 'static {
@@ -86,15 +156,25 @@ pub trait State: Send + Sync + 'static {
 
     /// Writes the whole state into `out`.
     ///
+    /// On the streaming path `out` is the coordinator's socket: every
+    /// write goes straight to it, so write large blocks (or the whole
+    /// state at once) rather than many small pieces.
+    ///
     /// # Errors
     ///
-    /// As [`State::save`].
+    /// As [`State::save`]; a write error (the coordinator gave up) should
+    /// be returned as is.
     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
         out.write_all(&self.save()?)?;
         Ok(())
     }
 
     /// Reads the whole state from `input` and replaces the current one.
+    ///
+    /// On the streaming path `input` yields exactly the bytes the source
+    /// saved and then end-of-file; a read fails if the coordinator aborts
+    /// or sends more or less. Replace the state only once `input` reached
+    /// end-of-file without error, so an aborted load keeps the old state.
     ///
     /// # Errors
     ///
@@ -104,21 +184,38 @@ pub trait State: Send + Sync + 'static {
         input.read_to_end(&mut data)?;
         self.load(data)
     }
+
+    /// Returns the whole state for the plain `Save` path, shared rather
+    /// than copied: a helper that keeps its state in an `Arc<Vec<u8>>`
+    /// returns a clone of the `Arc`. The default wraps [`State::save`].
+    ///
+    /// # Errors
+    ///
+    /// As [`State::save`].
+    fn save_shared(&self) -> Result<SharedBytes, BoxError> {
+        Ok(Arc::new(self.save()?))
+    }
 }
 
-/// How [`serve`] connects.
+/// How [`serve`] connects and what it serves.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Options {
     /// How long to keep retrying while the socket does not exist yet or
     /// refuses connections.
     pub connect_timeout: Duration,
+    /// Whether to serve the streaming extension `org.dbusvmstate.Stream1`
+    /// beside `org.qemu.VMState1` (default `true`). Without it the
+    /// coordinator uses plain `Save` and `Load`, and the state must fit in
+    /// one D-Bus message.
+    pub streaming: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             connect_timeout: iface::DEFAULT_CONNECT_TIMEOUT,
+            streaming: true,
         }
     }
 }
@@ -129,61 +226,16 @@ impl Options {
         self.connect_timeout = timeout;
         self
     }
+
+    /// Sets [`Options::streaming`].
+    pub fn streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        self
+    }
 }
 
 /// Pause between connection attempts while the socket is not there yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-
-/// Errors `Save` and `Load` reply with.
-#[derive(Debug, zbus::DBusError)]
-#[zbus(prefix = "org.dbusvmstate.Error")]
-enum CallError {
-    #[zbus(error)]
-    ZBus(zbus::Error),
-    SaveFailed(String),
-    LoadFailed(String),
-}
-
-/// The `org.qemu.VMState1` object.
-struct Object {
-    state: Arc<dyn State>,
-    id: String,
-}
-
-#[zbus::interface(name = "org.qemu.VMState1")]
-impl Object {
-    /// The helper's Id.
-    #[zbus(property)]
-    async fn id(&self) -> String {
-        self.id.clone()
-    }
-
-    /// Returns the helper's state.
-    #[zbus(out_args("data"))]
-    async fn save(&self) -> Result<Blob, CallError> {
-        let state = self.state.clone();
-        let saved = rt::spawn_blocking(move || state.save()).await;
-        match saved {
-            Ok(data) => Ok(Blob(data)),
-            Err(e) => {
-                let msg = crate::error::chain(e.as_ref());
-                tracing::warn!(helper = %self.id, "Save failed: {msg}");
-                Err(CallError::SaveFailed(msg))
-            }
-        }
-    }
-
-    /// Replaces the helper's state.
-    async fn load(&self, data: ByteBuf) -> Result<(), CallError> {
-        let state = self.state.clone();
-        let loaded = rt::spawn_blocking(move || state.load(data.into_vec())).await;
-        loaded.map_err(|e| {
-            let msg = crate::error::chain(e.as_ref());
-            tracing::warn!(helper = %self.id, "Load failed: {msg}");
-            CallError::LoadFailed(msg)
-        })
-    }
-}
 
 /// Connects to `socket`, retrying while it does not exist or refuses
 /// connections, until `timeout`.
@@ -212,6 +264,42 @@ fn connect(id: &str, socket: &Path, timeout: Duration) -> Result<UnixStream, Err
     }
 }
 
+/// Checks the helper's Id before anything is served.
+fn checked_id(state: &dyn State) -> Result<String, Error> {
+    let id = state.id().to_string();
+    stream::validate_id(&id).map_err(|e| Error::Config {
+        reason: format!("helper Id {id:?}: {e}"),
+    })?;
+    Ok(id)
+}
+
+/// Adds the helper's objects to a connection being built.
+fn objects<'a>(
+    builder: zbus::connection::Builder<'a>,
+    state: Arc<dyn State>,
+    id: &str,
+    options: &Options,
+) -> zbus::connection::Builder<'a> {
+    let builder = builder.serve_at(
+        iface::OBJECT_PATH,
+        object::VmState {
+            state: state.clone(),
+            id: id.to_string(),
+        },
+    );
+    if options.streaming {
+        builder.serve_at(
+            iface::OBJECT_PATH,
+            object::Stream {
+                state,
+                id: id.to_string(),
+            },
+        )
+    } else {
+        builder
+    }
+}
+
 /// Serves `state` to the coordinator listening on `socket` until the
 /// coordinator closes the connection.
 ///
@@ -225,21 +313,14 @@ pub async fn serve(
     options: Options,
 ) -> Result<(), Error> {
     let socket: PathBuf = socket.as_ref().to_path_buf();
-    let id = state.id().to_string();
-    stream::validate_id(&id).map_err(|e| Error::Config {
-        reason: format!("helper Id {id:?}: {e}"),
-    })?;
+    let id = checked_id(state.as_ref())?;
     let stream = {
         let (id, socket) = (id.clone(), socket.clone());
-        rt::spawn_blocking(move || connect(&id, &socket, options.connect_timeout)).await?
+        let timeout = options.connect_timeout;
+        rt::spawn_blocking(move || connect(&id, &socket, timeout)).await?
     };
-    let object = Object {
-        state,
-        id: id.clone(),
-    };
-    let conn = zbus::connection::Builder::unix_stream(stream)
-        .p2p()
-        .serve_at(iface::OBJECT_PATH, object)
+    let builder = zbus::connection::Builder::unix_stream(stream).p2p();
+    let conn = objects(builder, state, &id, &options)
         .build()
         .await
         .map_err(|source| Error::Connect {
@@ -271,52 +352,44 @@ pub fn serve_blocking(
     rt::block_on(serve(socket, state, options))
 }
 
-/// A [`State`] kept in a file: `Save` returns the file's bytes and `Load`
-/// replaces the file atomically (a temporary file in the same directory,
-/// synced, then renamed over it).
-#[derive(Debug, Clone)]
-pub struct FileState {
-    id: String,
-    path: PathBuf,
-}
-
-impl FileState {
-    /// State of helper `id`, kept in the file at `path`.
-    pub fn new(id: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        FileState {
-            id: id.into(),
-            path: path.into(),
+/// Serves `state` on the D-Bus bus at `address` (a D-Bus address such as
+/// `unix:path=/run/vm0/bus`), as QEMU's `dbus-vmstate` object expects:
+/// the objects at `/org/qemu/VMState1`, and the name
+/// [`iface::BUS_NAME`] requested in the queue of its owners (QEMU calls
+/// every queued owner). Returns when the bus connection closes.
+///
+/// [`Options::connect_timeout`] does not apply: the bus must be up.
+///
+/// # Errors
+///
+/// [`Error::Config`] for an invalid Id; [`Error::Connect`] when the bus
+/// cannot be reached or the name cannot be requested.
+pub async fn serve_bus(
+    address: &str,
+    state: Arc<dyn State>,
+    options: Options,
+) -> Result<(), Error> {
+    let id = checked_id(state.as_ref())?;
+    let connect_error = |what: &'static str| {
+        let id = id.clone();
+        move |source| Error::Connect {
+            id,
+            path: PathBuf::from(address),
+            what,
+            source: Box::new(source),
         }
-    }
-}
-
-impl State for FileState {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn save(&self) -> Result<Vec<u8>, BoxError> {
-        std::fs::read(&self.path)
-            .map_err(|e| format!("cannot read state file {}: {e}", self.path.display()).into())
-    }
-
-    fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
-        replace_file(&self.path, &data)
-            .map_err(|e| format!("cannot replace state file {}: {e}", self.path.display()).into())
-    }
-}
-
-/// Writes `data` to `path` atomically and durably.
-fn replace_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
     };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".state-")
-        .tempfile_in(dir)?;
-    temp.write_all(data)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    let builder = zbus::connection::Builder::address(address);
+    let conn = objects(builder, state, &id, &options)
+        .build()
+        .await
+        .map_err(connect_error("cannot connect to the bus at"))?;
+    conn.request_name_with_flags(iface::BUS_NAME, zbus::fdo::RequestNameFlags::empty())
+        .await
+        .map_err(connect_error(
+            "cannot request the name org.qemu.VMState1 on",
+        ))?;
+    tracing::info!(helper = %id, bus = %address, "serving on the bus");
+    conn.closed().await;
+    Ok(())
 }

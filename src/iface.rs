@@ -1,10 +1,14 @@
-//! D-Bus names, paths and limits of the helper interface, and the
-//! coordinator's calls on it.
+//! D-Bus names, paths and limits of the helper interfaces, and the
+//! coordinator's calls on them.
 //!
-//! This module mirrors `protocol/org.qemu.VMState1.xml`. The interface is
-//! QEMU's own, unchanged, so a helper that works with QEMU's `dbus-vmstate`
-//! object works here too and the other way round.
+//! This module mirrors `protocol/org.qemu.VMState1.xml` and
+//! `protocol/org.dbusvmstate.Stream1.xml`. The first interface is QEMU's
+//! own, unchanged, so a helper that works with QEMU's `dbus-vmstate` object
+//! works here too and the other way round. The second is this project's
+//! streaming extension: the state moves through a socket passed as a file
+//! descriptor instead of inside D-Bus messages.
 
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,6 +19,9 @@ use zbus::{Connection, Signature, Type};
 pub const INTERFACE: &str = "org.qemu.VMState1";
 /// The object path at which a helper serves [`INTERFACE`].
 pub const OBJECT_PATH: &str = "/org/qemu/VMState1";
+/// The name helpers own on a bus, in a queue of owners (QEMU's
+/// `dbus-vmstate` calls every queued owner). Not used peer to peer.
+pub const BUS_NAME: &str = "org.qemu.VMState1";
 /// The read-only `s` property holding the helper's Id.
 pub const PROPERTY_ID: &str = "Id";
 /// `Save() -> (ay data)`.
@@ -31,6 +38,19 @@ pub const EXTENSION_PREFIX: &str = "org.dbusvmstate";
 pub const ERROR_SAVE_FAILED: &str = "org.dbusvmstate.Error.SaveFailed";
 /// Error a helper returns when the state it was given could not be loaded.
 pub const ERROR_LOAD_FAILED: &str = "org.dbusvmstate.Error.LoadFailed";
+/// Error a helper returns from `Save` when its state does not fit in one
+/// D-Bus message.
+pub const ERROR_TOO_LARGE: &str = "org.dbusvmstate.Error.TooLarge";
+
+/// The streaming extension, served beside [`INTERFACE`] at [`OBJECT_PATH`].
+pub const STREAM_INTERFACE: &str = "org.dbusvmstate.Stream1";
+/// `SaveFd(h fd) -> (t size)`: the helper writes its state into `fd`.
+pub const METHOD_SAVE_FD: &str = "SaveFd";
+/// `LoadFd(h fd, t size)`: the helper reads its new state from `fd`.
+pub const METHOD_LOAD_FD: &str = "LoadFd";
+/// The standard introspection interface, through which the coordinator
+/// detects [`STREAM_INTERFACE`].
+pub const INTROSPECTABLE_INTERFACE: &str = "org.freedesktop.DBus.Introspectable";
 
 /// Longest helper Id in bytes (QEMU's limit; the shortest is 1).
 pub const MAX_ID_BYTES: usize = crate::stream::MAX_ID_BYTES;
@@ -42,6 +62,11 @@ pub const MAX_SAVE_BLOB_BYTES: usize = MAX_MESSAGE_BYTES - 36;
 /// Largest `ay` a `Load` call can carry, with the header fields this crate
 /// sends (path, interface, member; no destination).
 pub const MAX_LOAD_BLOB_BYTES: usize = MAX_MESSAGE_BYTES - 112;
+
+/// The coordinator's default limit on one helper's state: a guard against
+/// a runaway helper, far above what one D-Bus message carries, since
+/// streamed state passes through the coordinator in bounded memory.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 16 << 30;
 
 /// How long a coordinator waits for helpers to connect, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,4 +249,117 @@ pub async fn call_load_at(
     )
     .await
     .map(drop)
+}
+
+/// Whether an introspection document lists `interface` on its root node.
+///
+/// A document that does not parse lists nothing.
+pub fn introspection_lists(xml: &str, interface: &str) -> bool {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let Ok(doc) = roxmltree::Document::parse_with_options(xml, options) else {
+        return false;
+    };
+    let root = doc.root_element();
+    root.has_tag_name("node")
+        && root
+            .children()
+            .any(|n| n.has_tag_name("interface") && n.attribute("name") == Some(interface))
+}
+
+/// Whether the helper serves [`STREAM_INTERFACE`], from one `Introspect`
+/// call on [`OBJECT_PATH`]. `destination` is the bus-style helper's unique
+/// name, `None` for a peer-to-peer helper (see [`read_id_at`]).
+///
+/// # Errors
+///
+/// The call's error (a helper without introspection answers
+/// `UnknownInterface` or `UnknownMethod`), or a non-string reply.
+pub async fn serves_stream(conn: &Connection, destination: Option<&str>) -> zbus::Result<bool> {
+    let reply = conn
+        .call_method(
+            destination,
+            OBJECT_PATH,
+            Some(INTROSPECTABLE_INTERFACE),
+            "Introspect",
+            &(),
+        )
+        .await?;
+    let body = reply.body();
+    let xml: &str = body.deserialize()?;
+    Ok(introspection_lists(xml, STREAM_INTERFACE))
+}
+
+/// Calls `SaveFd` with `fd` (the helper's end of a socket pair) and returns
+/// the size the helper reports having written.
+///
+/// The message carries a duplicate of `fd`; the caller keeps its own and
+/// should close it once this returns.
+///
+/// # Errors
+///
+/// The call's error, or a reply that is not one `t`.
+pub async fn call_save_fd(
+    conn: &Connection,
+    destination: Option<&str>,
+    fd: BorrowedFd<'_>,
+) -> zbus::Result<u64> {
+    let reply = conn
+        .call_method(
+            destination,
+            OBJECT_PATH,
+            Some(STREAM_INTERFACE),
+            METHOD_SAVE_FD,
+            &(zbus::Fd::from(fd),),
+        )
+        .await?;
+    let body = reply.body();
+    body.deserialize::<u64>()
+}
+
+/// Calls `LoadFd` with `fd` (the helper's end of a socket pair) and the
+/// exact number of bytes the coordinator will write into its own end.
+///
+/// # Errors
+///
+/// The call's error.
+pub async fn call_load_fd(
+    conn: &Connection,
+    destination: Option<&str>,
+    fd: BorrowedFd<'_>,
+    size: u64,
+) -> zbus::Result<()> {
+    conn.call_method(
+        destination,
+        OBJECT_PATH,
+        Some(STREAM_INTERFACE),
+        METHOD_LOAD_FD,
+        &(zbus::Fd::from(fd), size),
+    )
+    .await
+    .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn introspection_lists_only_root_interfaces() {
+        let xml = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+<node>
+  <interface name="org.qemu.VMState1"><method name="Save"/></interface>
+  <interface name="org.dbusvmstate.Stream1"/>
+  <node name="child"><interface name="x.Y"/></node>
+</node>"#;
+        assert!(introspection_lists(xml, STREAM_INTERFACE));
+        assert!(introspection_lists(xml, INTERFACE));
+        assert!(!introspection_lists(xml, "x.Y"));
+        assert!(!introspection_lists(xml, "org.dbusvmstate.Stream2"));
+        assert!(!introspection_lists("<node><interface", STREAM_INTERFACE));
+        assert!(!introspection_lists("", STREAM_INTERFACE));
+    }
 }

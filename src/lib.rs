@@ -14,7 +14,11 @@
 //!   with QEMU;
 //! - the coordinator calls `Save` (or `Load`) on all helpers concurrently,
 //!   each with its own timeout, and writes (or reads and verifies) a
-//!   versioned, checksummed **state stream** ([`stream`]).
+//!   versioned, checksummed **state stream** ([`stream`]);
+//! - a helper whose state is large also serves the extension
+//!   `org.dbusvmstate.Stream1`: its state then streams through a socket
+//!   passed as a file descriptor, of any size and through bounded memory
+//!   (see [`helper::State::save_to`] and [`coordinator::Mode`]).
 //!
 //! Helpers may be written on any D-Bus library (GDBus, libdbus, sd-bus,
 //! zbus, ...). Helpers written for QEMU's `dbus-vmstate`, which expect a bus

@@ -416,3 +416,60 @@ fn stream_with_unknown_or_missing_helper_calls_no_load() {
         assert_eq!((a.loads(), b.loads()), (0, 0));
     });
 }
+
+/// Collects everything written into the other end of a socket pair.
+fn drain_pair() -> (
+    std::os::unix::net::UnixStream,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut r, &mut out).unwrap();
+        out
+    });
+    (w, reader)
+}
+
+#[test]
+fn failed_save_into_a_pipe_leaves_no_complete_stream() {
+    run(async {
+        let dir = tmpdir();
+        let (c, _, _) = two_helpers(
+            dir.path(),
+            Behaviour::FailSave("nope".into()),
+            Duration::from_secs(10),
+        )
+        .await;
+        let (w, reader) = drain_pair();
+        c.save(w).await.unwrap_err();
+        let bytes = dbus_vmstate::rt::spawn_blocking(move || reader.join().unwrap()).await;
+        let err = dbus_vmstate::stream::native::read_all(&bytes[..], Default::default())
+            .expect_err("a failed save must not leave a complete stream");
+        assert!(err.is_truncated(), "{err}");
+    });
+}
+
+#[test]
+fn dropped_save_releases_its_output_unfinished() {
+    run(async {
+        let dir = tmpdir();
+        let (c, _, b) = two_helpers(dir.path(), Behaviour::HangSave, Duration::from_secs(30)).await;
+        let (w, reader) = drain_pair();
+        // The caller gives up on the save (e.g. its own deadline).
+        let abandoned = dbus_vmstate::rt::timeout(Duration::from_millis(300), c.save(w)).await;
+        assert!(abandoned.is_err(), "the hung helper keeps the save open");
+        assert_eq!(b.saves(), 1);
+        // The output is released (EOF) without waiting for the hung helper,
+        // and holds no complete stream.
+        let bytes = dbus_vmstate::rt::timeout(
+            Duration::from_secs(10),
+            dbus_vmstate::rt::spawn_blocking(move || reader.join().unwrap()),
+        )
+        .await
+        .expect("output released");
+        let err = dbus_vmstate::stream::native::read_all(&bytes[..], Default::default())
+            .expect_err("a dropped save must not leave a complete stream");
+        assert!(err.is_truncated(), "{err}");
+    });
+}

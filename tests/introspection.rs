@@ -168,3 +168,90 @@ fn control_server_serves_exactly_the_protocol_interface() {
         server.shutdown().await;
     });
 }
+
+/// The served introspection document of a library helper.
+async fn served_introspection(options: dbus_vmstate::helper::Options) -> String {
+    let dir = tmpdir();
+    let path = sock(dir.path(), "a");
+    let listener = UnixListener::bind(&path).unwrap();
+    let state = MemHelper::new("a", vec![1, 2, 3]);
+    let helper = dbus_vmstate::rt::spawn(dbus_vmstate::helper::serve(
+        path.clone(),
+        state,
+        options.connect_timeout(std::time::Duration::from_secs(10)),
+    ));
+    let (stream, _) = listener.accept().unwrap();
+    let conn = zbus::connection::Builder::unix_stream(stream)
+        .server(zbus::Guid::generate())
+        .p2p()
+        .build()
+        .await
+        .unwrap();
+    let reply = conn
+        .call_method(
+            None::<&str>,
+            iface::OBJECT_PATH,
+            Some(iface::INTROSPECTABLE_INTERFACE),
+            "Introspect",
+            &(),
+        )
+        .await
+        .unwrap();
+    let served: String = reply.body().deserialize().unwrap();
+    conn.close().await.unwrap();
+    helper.await.unwrap();
+    served
+}
+
+#[test]
+fn stream_protocol_xml_describes_the_streaming_interface() {
+    let xml = include_str!("../protocol/org.dbusvmstate.Stream1.xml");
+    let got = members(xml, iface::STREAM_INTERFACE);
+    let want: BTreeSet<_> = [
+        ("method", "SaveFd", "fd:h:in,size:t:out"),
+        ("method", "LoadFd", "fd:h:in,size:t:in"),
+    ]
+    .into_iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    assert!(xml.contains(&format!("<node name=\"{}\">", iface::OBJECT_PATH)));
+    for member in [iface::METHOD_SAVE_FD, iface::METHOD_LOAD_FD] {
+        assert!(xml.contains(&format!("<method name=\"{member}\">")));
+    }
+}
+
+#[test]
+fn helper_serves_exactly_the_stream_protocol_interface() {
+    run(async {
+        let served = served_introspection(dbus_vmstate::helper::Options::default()).await;
+        let spec = include_str!("../protocol/org.dbusvmstate.Stream1.xml");
+        assert_eq!(
+            members(&served, iface::STREAM_INTERFACE),
+            members(spec, iface::STREAM_INTERFACE),
+            "served introspection:\n{served}"
+        );
+        assert!(iface::introspection_lists(&served, iface::STREAM_INTERFACE));
+        // QEMU's interface is untouched beside it.
+        assert_eq!(
+            members(&served, iface::INTERFACE),
+            members(
+                include_str!("../protocol/org.qemu.VMState1.xml"),
+                iface::INTERFACE
+            )
+        );
+    });
+}
+
+#[test]
+fn helper_without_streaming_serves_only_qemus_interface() {
+    run(async {
+        let options = dbus_vmstate::helper::Options::default().streaming(false);
+        let served = served_introspection(options).await;
+        assert!(!iface::introspection_lists(
+            &served,
+            iface::STREAM_INTERFACE
+        ));
+        assert!(iface::introspection_lists(&served, iface::INTERFACE));
+    });
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use zbus::{DeserializeDict, SerializeDict, Type};
 
 use super::{LoadOptions, Report, SaveOptions};
-use crate::coordinator::{HelperReport, HelperStatus, Skipped, Transfer};
+use crate::coordinator::{HelperReport, HelperStatus, Mode, Skipped, Transfer};
 use crate::stream::Format;
 
 /// `Save` and `Load` options.
@@ -90,6 +90,8 @@ pub(super) struct ReportDict {
     pub duration_us: u64,
     /// Per helper: Id, state bytes, call microseconds.
     pub helpers: Vec<(String, u64, u64)>,
+    /// Per helper: Id, `"plain"` or `"stream"`.
+    pub modes: Option<Vec<(String, String)>>,
     /// Per optional helper left out: Id, reason.
     pub skipped: Vec<(String, String)>,
 }
@@ -105,6 +107,12 @@ impl From<&Report> for ReportDict {
                 .iter()
                 .map(|h| (h.id.clone(), h.transfer.bytes, micros(h.transfer.duration)))
                 .collect(),
+            modes: Some(
+                r.helpers
+                    .iter()
+                    .map(|h| (h.id.clone(), h.mode.as_str().to_string()))
+                    .collect(),
+            ),
             skipped: r
                 .skipped
                 .iter()
@@ -118,6 +126,20 @@ impl TryFrom<ReportDict> for Report {
     type Error = String;
 
     fn try_from(d: ReportDict) -> Result<Self, String> {
+        let modes = d.modes.unwrap_or_default();
+        let mode_of = |id: &str| {
+            modes
+                .iter()
+                .find(|(m_id, _)| m_id == id)
+                .map(|(_, m)| {
+                    if m == "stream" {
+                        Mode::Stream
+                    } else {
+                        Mode::Plain
+                    }
+                })
+                .unwrap_or(Mode::Plain)
+        };
         Ok(Report {
             format: Format::from_str(&d.format).map_err(|e| e.to_string())?,
             stream_bytes: d.stream_bytes,
@@ -126,6 +148,7 @@ impl TryFrom<ReportDict> for Report {
                 .helpers
                 .into_iter()
                 .map(|(id, bytes, us)| HelperReport {
+                    mode: mode_of(&id),
                     id,
                     transfer: Transfer {
                         bytes,
@@ -211,6 +234,7 @@ mod tests {
             stream_bytes: Some(99),
             helpers: vec![HelperReport {
                 id: "a".into(),
+                mode: Mode::Stream,
                 transfer: Transfer {
                     bytes: 7,
                     duration: Duration::from_micros(1234),

@@ -23,6 +23,7 @@ mod load;
 pub(crate) mod policy;
 mod save;
 pub mod socket;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,7 @@ use crate::stream;
 
 pub use load::LoadReport;
 pub use save::SaveReport;
+pub use transfer::Mode;
 
 /// One helper the coordinator expects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,8 @@ pub struct HelperReport {
     pub id: String,
     /// What moved, and how long it took.
     pub transfer: Transfer,
+    /// Which path the state took.
+    pub mode: Mode,
 }
 
 /// An optional helper left out of a save or load, and why.
@@ -143,7 +147,7 @@ impl Builder {
             connect_timeout: iface::DEFAULT_CONNECT_TIMEOUT,
             call_timeout: iface::DEFAULT_CALL_TIMEOUT,
             handshake_timeout: iface::DEFAULT_HANDSHAKE_TIMEOUT,
-            max_blob_bytes: iface::MAX_SAVE_BLOB_BYTES as u64,
+            max_blob_bytes: iface::DEFAULT_MAX_STATE_BYTES,
             socket_owner: None,
         }
     }
@@ -214,7 +218,9 @@ impl Builder {
         self
     }
 
-    /// The largest state accepted from or sent to one helper.
+    /// The largest state accepted from or sent to one helper (default
+    /// [`iface::DEFAULT_MAX_STATE_BYTES`]). Helpers without the streaming
+    /// extension are limited to one D-Bus message besides.
     pub fn max_blob_bytes(mut self, bytes: u64) -> Self {
         self.max_blob_bytes = bytes;
         self
@@ -361,6 +367,9 @@ pub(crate) struct SlotState {
     pub last_save: Option<Transfer>,
     pub last_load: Option<Transfer>,
     pub last_rejection: Option<String>,
+    /// Whether the helper of connection generation `.0` serves
+    /// `org.dbusvmstate.Stream1`, once detected ([`transfer::mode`]).
+    pub stream_support: Option<(u64, bool)>,
 }
 
 #[derive(Debug)]
@@ -580,9 +589,18 @@ impl Coordinator {
     /// `out`, and returns `out` with a report.
     ///
     /// Waits up to the connect timeout for every required helper, then
-    /// calls `Save` on all of them at once, each with the call timeout, and
-    /// writes each state as it arrives. Optional helpers that are absent or
-    /// fail are skipped and listed in the report.
+    /// saves all of them at once, each with the call timeout, and writes
+    /// each state into the stream while it arrives. Optional helpers that
+    /// are absent or fail are skipped and listed in the report.
+    ///
+    /// A helper that serves `org.dbusvmstate.Stream1` streams its state
+    /// through a socket (`SaveFd`): the state is written into `out` chunk
+    /// by chunk as the helper produces it, so coordinator memory stays flat
+    /// (a few MiB per helper streaming at that moment) whatever the size.
+    /// Other helpers are called with plain `Save`, whose reply (at most one
+    /// D-Bus message) is held until it is written. An optional streaming
+    /// helper's state is staged in an unlinked temporary file until it is
+    /// complete, so that one failing midway can still be left out.
     ///
     /// # Errors
     ///
@@ -612,17 +630,35 @@ impl Coordinator {
     /// Loads a state stream from `input` into the helpers.
     ///
     /// The whole stream is read and verified first: its format, every
-    /// checksum, every required helper present, no unknown or duplicate Id.
-    /// Only then is `Load` called, on all helpers at once. A stream that
-    /// fails verification calls no `Load` at all. `format` `None` detects
-    /// the format from the first bytes.
+    /// checksum, every required helper present, no unknown or duplicate Id,
+    /// every helper without the streaming extension within one D-Bus
+    /// message. Only then is any helper loaded, all of them at once. A
+    /// stream that fails verification calls no `Load` at all. `format`
+    /// `None` detects the format from the first bytes.
+    ///
+    /// **Memory.** Verifying first and yet not holding the state in memory
+    /// takes two passes over a native stream: the first verifies it
+    /// keeping only a summary, the second streams each helper's chunks to
+    /// it as they come (through `LoadFd` for helpers that serve
+    /// `org.dbusvmstate.Stream1`; collected into one `Load` message for
+    /// the others). `input` here is read once, so it is first copied to a
+    /// spool: memory up to 8 MiB, then an unlinked temporary file in
+    /// `$TMPDIR`. [`Coordinator::load_seekable`] and
+    /// [`Coordinator::load_from_path`] read a seekable input twice instead
+    /// and spool nothing. A QEMU payload (at most 1 MiB per helper) is
+    /// decoded into memory.
+    ///
+    /// The second pass checks every record again; should the input differ
+    /// from the first pass, the load fails and a streaming helper's socket
+    /// is closed before its last byte, so it never sees a complete state.
     ///
     /// # Errors
     ///
     /// [`Error::Stream`], [`Error::MissingInStream`],
-    /// [`Error::UnknownInStream`] before any `Load`; [`Error::NotConnected`]
-    /// when a required helper is absent (again before any `Load`); call
-    /// errors of required helpers.
+    /// [`Error::UnknownInStream`], [`Error::OverMessageLimit`] before any
+    /// `Load`; [`Error::NotConnected`] when a required helper is absent
+    /// (again before any `Load`); [`Error::Io`] when the input or the spool
+    /// fails; call and transfer errors of required helpers.
     pub async fn load<R>(
         &self,
         input: R,
@@ -634,8 +670,30 @@ impl Coordinator {
         load::load(&self.inner, input, format).await
     }
 
+    /// Loads a state stream from a seekable `input` (see
+    /// [`Coordinator::load`]): a native stream is read twice from its
+    /// current position, verified and then streamed, with nothing spooled.
+    /// An input that turns out not to seek (a pipe behind a `File`) is
+    /// spooled as [`Coordinator::load`] does. The input must not change
+    /// during the load.
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::load`].
+    pub async fn load_seekable<R>(
+        &self,
+        input: R,
+        format: Option<stream::Format>,
+    ) -> Result<LoadReport, Error>
+    where
+        R: std::io::Read + std::io::Seek + Send + 'static,
+    {
+        load::load_seekable(&self.inner, input, format).await
+    }
+
     /// Loads the state stream in the file at `path` (see
-    /// [`Coordinator::load`]).
+    /// [`Coordinator::load`] and [`Coordinator::load_seekable`]: a regular
+    /// file is read twice, a FIFO is spooled).
     ///
     /// # Errors
     ///
@@ -652,7 +710,9 @@ impl Coordinator {
             path: Some(path.to_path_buf()),
             source: e,
         })?;
-        self.load(std::io::BufReader::with_capacity(1 << 20, file), format)
+        // Small enough that a chunk's payload is mostly read straight into
+        // the stream reader's buffer rather than copied through this one.
+        self.load_seekable(std::io::BufReader::with_capacity(64 << 10, file), format)
             .await
     }
 

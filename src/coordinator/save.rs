@@ -1,21 +1,35 @@
-//! Save: call every helper's `Save` at once and write the native stream as
-//! the replies arrive.
+//! Save: save every helper at once and write the native stream while the
+//! states arrive.
+//!
+//! Plain helpers answer `Save` with their whole state in one message;
+//! streaming helpers write it into a socket ([`streamed`]), and a reader
+//! thread per helper forwards it chunk by chunk. Either way the data ends
+//! up at the one writer thread ([`writer`]), which owns the output.
 
-use std::io::{BufWriter, Write};
+mod streamed;
+mod writer;
+
+use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use super::transfer::{self, pool::Pool, Mode};
 use super::{HelperReport, Inner, Peer, Skipped, Transfer};
 use crate::error::{Call, Error};
-use crate::iface::{self, SaveReply};
+use crate::iface;
 use crate::rt;
-use crate::stream::{self, native};
+use crate::stream::native;
+use writer::Msg;
 
-/// Buffer between the stream encoder and the output.
-const OUTPUT_BUFFER_BYTES: usize = 256 << 10;
+/// Chunk buffers in flight beyond one per streaming helper: how far the
+/// helpers may run ahead of the output, in [`native::CHUNK_BYTES`] units.
+const SPARE_CHUNKS: usize = 4;
 
 /// What a save did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +43,6 @@ pub struct SaveReport {
     pub stream_bytes: u64,
     /// From the first `Save` call to the last byte written.
     pub duration: Duration,
-}
-
-/// A finished `Save` reply, on its way to the writer thread.
-struct Saved {
-    id: String,
-    reply: SaveReply,
 }
 
 pub(super) async fn save<W>(inner: &Inner, out: W) -> Result<(W, SaveReport), Error>
@@ -66,39 +74,60 @@ where
             }
         }
     }
+    let modes = join_all(
+        peers
+            .iter()
+            .map(|(i, peer)| transfer::mode(inner, *i, peer)),
+    )
+    .await;
+    let streaming = modes.iter().filter(|&&m| m == Mode::Stream).count();
 
     let started = Instant::now();
-    let (tx, rx) = mpsc::channel::<Saved>();
-    let writer = std::thread::Builder::new()
-        .name("vmstate-writer".into())
-        .spawn(move || write_stream(out, rx))
-        .map_err(|e| Error::Io {
-            what: "cannot start the stream writer thread",
-            path: None,
-            source: e,
-        })?;
+    let pool = Arc::new(Pool::new(streaming + SPARE_CHUNKS, native::CHUNK_BYTES));
+    // Raised by the writer thread when it fails: nothing more can be saved.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let writer = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("vmstate-writer".into())
+            .spawn(move || writer::run(out, rx, pool, &stop))
+            .map_err(|e| Error::Io {
+                what: "cannot start the stream writer thread",
+                path: None,
+                source: e,
+            })?
+    };
 
     let mut calls: FuturesUnordered<_> = peers
         .iter()
-        .map(|(i, peer)| async move { (*i, save_one(inner, *i, peer).await) })
+        .zip(&modes)
+        .map(|((i, peer), &mode)| {
+            let (tx, pool, stop) = (tx.clone(), pool.clone(), stop.clone());
+            async move {
+                let result = match mode {
+                    Mode::Plain => save_plain(inner, *i, peer, &tx).await,
+                    Mode::Stream => streamed::save(inner, *i, peer, tx, pool, stop).await,
+                };
+                (*i, mode, result)
+            }
+        })
         .collect();
+    // Kept to ask the writer to finish once every helper succeeded; if this
+    // future is dropped instead, the writer leaves the stream unfinished.
+    let finish = tx;
     let mut reports = Vec::new();
     let mut errors = Vec::new();
-    while let Some((i, result)) = calls.next().await {
+    while let Some((i, mode, result)) = calls.next().await {
         let slot = &inner.slots[i];
         match result {
-            Ok((reply, transfer)) => {
-                tracing::debug!(helper = %slot.spec.id, bytes = transfer.bytes, "saved");
+            Ok(transfer) => {
+                tracing::debug!(helper = %slot.spec.id, bytes = transfer.bytes, %mode, "saved");
                 slot.state().last_save = Some(transfer.clone());
                 reports.push(HelperReport {
                     id: slot.spec.id.clone(),
                     transfer,
-                });
-                // A send fails only when the writer thread stopped on an
-                // error, which joining it reports below.
-                let _ = tx.send(Saved {
-                    id: slot.spec.id.clone(),
-                    reply,
+                    mode,
                 });
             }
             Err(e) if slot.spec.required => errors.push((i, e)),
@@ -112,23 +141,33 @@ where
         }
     }
     drop(calls);
-    drop(tx);
+    if errors.is_empty() {
+        let _ = finish.send(Msg::Finish);
+    }
+    drop(finish);
     let written = rt::spawn_blocking(move || writer.join()).await;
 
+    let written = written.unwrap_or_else(|_| {
+        Err(Error::Io {
+            what: "the stream writer thread panicked",
+            path: None,
+            source: std::io::Error::other("writer thread panicked"),
+        })
+    });
+    // An output failure stopped every helper: it is the cause to report.
+    // Any other writer error (a state left open) follows from a helper's.
+    if let Err(e @ Error::Io { .. }) = written {
+        return Err(e);
+    }
     errors.sort_by_key(|(i, _)| *i);
     if let Some(e) = Error::from_many(errors.into_iter().map(|(_, e)| e).collect()) {
         return Err(e);
     }
-    let (out, stream_bytes) = match written {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(Error::Io {
-                what: "the stream writer thread panicked",
-                path: None,
-                source: std::io::Error::other("writer thread panicked"),
-            })
-        }
-    };
+    let (out, stream_bytes) = written?.ok_or_else(|| Error::Io {
+        what: "the state stream was left unfinished",
+        path: None,
+        source: std::io::Error::other("the writer stopped before the end record"),
+    })?;
     Ok((
         out,
         SaveReport {
@@ -140,18 +179,42 @@ where
     ))
 }
 
-/// Calls `Save` on one helper, with the call timeout and the size cap.
-async fn save_one(
+/// Whether a plain `Save` failed because the reply would not fit in one
+/// message: zbus helpers reply `Failed("excess data")`, this crate's
+/// helper library [`iface::ERROR_TOO_LARGE`].
+fn over_message_limit(e: &zbus::Error) -> bool {
+    match e {
+        zbus::Error::MethodError(name, _, _) => name.as_str() == iface::ERROR_TOO_LARGE,
+        zbus::Error::FDO(e) => {
+            matches!(e.as_ref(), zbus::fdo::Error::Failed(m) if m.contains("excess data"))
+        }
+        zbus::Error::ExcessData => true,
+        _ => false,
+    }
+}
+
+/// Calls plain `Save` on one helper, with the call timeout and the size
+/// cap, and hands the reply to the writer.
+async fn save_plain(
     inner: &Inner,
     index: usize,
     peer: &Peer,
-) -> Result<(SaveReply, Transfer), Error> {
+    tx: &mpsc::Sender<Msg>,
+) -> Result<Transfer, Error> {
     let id = &inner.slots[index].spec.id;
     let timeout = inner.config.call_timeout;
     let started = Instant::now();
     let reply =
         match rt::timeout(timeout, iface::call_save_at(&peer.conn, peer.destination())).await {
             Ok(Ok(reply)) => reply,
+            Ok(Err(source)) if over_message_limit(&source) => {
+                return Err(Error::OverMessageLimit {
+                    id: id.clone(),
+                    call: Call::Save,
+                    size: None,
+                    limit: iface::MAX_SAVE_BLOB_BYTES as u64,
+                })
+            }
             Ok(Err(source)) => {
                 return Err(Error::Call {
                     id: id.clone(),
@@ -184,48 +247,16 @@ async fn save_one(
             what: "the coordinator's per-helper limit",
         });
     }
-    Ok((
+    // A send fails only when the writer thread stopped on an error, which
+    // joining it reports.
+    let _ = tx.send(Msg::Whole {
+        id: id.clone(),
         reply,
-        Transfer {
-            bytes: size,
-            duration,
-        },
-    ))
-}
-
-/// The writer thread: encodes replies into the native stream as they come.
-/// Returns the output and the stream's size.
-fn write_stream<W: Write>(out: W, rx: mpsc::Receiver<Saved>) -> Result<(W, u64), Error> {
-    let mut writer = native::Writer::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, out))
-        .map_err(write_error)?;
-    for saved in rx {
-        // Checked when the reply arrived; this borrows it again.
-        let data = saved.reply.bytes().map_err(|source| Error::Call {
-            id: saved.id.clone(),
-            call: Call::Save,
-            source: Box::new(source),
-        })?;
-        writer.write_blob(&saved.id, data).map_err(write_error)?;
-    }
-    let bytes = writer.bytes_written();
-    let buffered = writer.finish().map_err(write_error)?;
-    let out = buffered.into_inner().map_err(|e| Error::Io {
-        what: "cannot write the state stream",
-        path: None,
-        source: e.into_error(),
-    })?;
-    Ok((out, bytes))
-}
-
-fn write_error(e: stream::Error) -> Error {
-    match e {
-        stream::Error::Io(source) => Error::Io {
-            what: "cannot write the state stream",
-            path: None,
-            source,
-        },
-        other => Error::Stream(other),
-    }
+    });
+    Ok(Transfer {
+        bytes: size,
+        duration,
+    })
 }
 
 pub(super) async fn save_to_path(inner: &Inner, path: &Path) -> Result<SaveReport, Error> {

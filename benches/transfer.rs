@@ -1,0 +1,336 @@
+//! Throughput and latency of moving helper state, each figure beside its
+//! baselines measured in the same run:
+//!
+//! - `save/*`, `load/*`: one helper process of 4 KiB to 1 GiB.
+//!   `raw_socket` is the ceiling (the same bytes copied over a Unix socket
+//!   between two processes); `stream` and `plain` go through the
+//!   coordinator (`Coordinator::save` into a sink, `load_seekable` from a
+//!   stream in memory); `p2p_call` and `bus_call` are bare `Save`/`Load`
+//!   calls on the same helper, peer to peer and through a `dbus-daemon`
+//!   (QEMU's design).
+//! - `helpers_4k/*`: 1, 16 and 64 helpers of 4 KiB saved at once by the
+//!   coordinator, against one after another (QEMU's way).
+//! - the latency of a 4 KiB `Save`, peer to peer and through the bus,
+//!   interleaved with a raw request/reply (printed at the end and written
+//!   to `dbus-vmstate-latency.txt` in criterion's directory);
+//! - coordinator peak memory while saving 1 GiB (printed at the end and
+//!   written to `dbus-vmstate-rss.txt` in criterion's directory).
+//!
+//! `benches/chart.py` turns criterion's output into the README's table and
+//! chart.
+
+mod common;
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
+use dbus_vmstate::stream::native;
+use dbus_vmstate::{iface, rt};
+
+use common::*;
+
+/// State sizes of the single-helper benchmarks.
+const SIZES: [usize; 5] = [4 * KIB, MIB, 16 * MIB, 64 * MIB, GIB];
+/// Largest size for the plain path (one D-Bus message holds 128 MiB).
+const PLAIN_MAX: usize = 64 * MIB;
+/// Helper counts of the many-helpers benchmark.
+const HELPER_COUNTS: [usize; 3] = [1, 16, 64];
+
+/// Sampling suited to how long one iteration at `size` takes, so the whole
+/// run stays within a few minutes.
+fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, size: usize) {
+    let (samples, measure) = match size {
+        s if s <= MIB => (20, 2),
+        s if s <= 64 * MIB => (10, 3),
+        _ => (10, 8),
+    };
+    group
+        .sample_size(samples)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(measure));
+    if size >= 64 * MIB {
+        group.sampling_mode(SamplingMode::Flat);
+    }
+}
+
+/// Whether the bench `id` can match the command line's filter (a plain
+/// substring here; criterion itself reads it as a regular expression).
+/// Fixtures of benches that cannot run are not started at all.
+fn wanted(id: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    filter.is_none_or(|f| id.contains(&f))
+}
+
+/// A native stream holding one helper's state of `size` bytes.
+fn encoded(id: &str, size: usize) -> Arc<Vec<u8>> {
+    let mut w = native::Writer::new(Vec::with_capacity(size + 4096)).expect("writer");
+    let h = w.begin(id).expect("begin");
+    let block = state_bytes(size.min(MIB));
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len());
+        w.write_chunk(h, &block[..n]).expect("chunk");
+        left -= n;
+    }
+    w.end(h).expect("end");
+    Arc::new(w.finish().expect("finish"))
+}
+
+/// A stream in memory, readable and seekable, shared between iterations.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn save_benches(c: &mut Criterion) {
+    for size in SIZES {
+        let mut group = c.benchmark_group("save");
+        configure(&mut group, size);
+        group.throughput(Throughput::Bytes(size as u64));
+        let id = label(size);
+
+        if wanted(&format!("save/raw_socket/{id}")) {
+            let mut raw = RawSender::start(size);
+            group.bench_function(format!("raw_socket/{id}"), |b| b.iter(|| raw.copy(size)));
+        }
+        if wanted(&format!("save/stream/{id}")) {
+            let streamed = Coordinated::start(1, size, true);
+            group.bench_function(format!("stream/{id}"), |b| {
+                b.iter(|| rt::block_on(streamed.coordinator.save(std::io::sink())).expect("save"))
+            });
+        }
+        if size <= PLAIN_MAX && wanted(&format!("save/plain/{id}")) {
+            let plain = Coordinated::start(1, size, false);
+            group.bench_function(format!("plain/{id}"), |b| {
+                b.iter(|| rt::block_on(plain.coordinator.save(std::io::sink())).expect("save"))
+            });
+        }
+        if size <= PLAIN_MAX && wanted(&format!("save/p2p_call/{id}")) {
+            let p2p = P2p::start(1, size, false);
+            group.bench_function(format!("p2p_call/{id}"), |b| {
+                b.iter(|| {
+                    let reply = rt::block_on(iface::call_save(&p2p.conns[0])).expect("Save");
+                    assert_eq!(reply.bytes().expect("ay").len(), size);
+                })
+            });
+        }
+        if size <= PLAIN_MAX && wanted(&format!("save/bus_call/{id}")) {
+            match Bus::start(1, size) {
+                Some(bus) => {
+                    group.bench_function(format!("bus_call/{id}"), |b| {
+                        b.iter(|| {
+                            let n = rt::block_on(bus_save(&bus.conn, &bus.helpers[0]));
+                            assert_eq!(n, size);
+                        })
+                    });
+                }
+                None => eprintln!("dbus-daemon not available: bus_call skipped"),
+            }
+        }
+        group.finish();
+    }
+}
+
+fn load_benches(c: &mut Criterion) {
+    for size in SIZES {
+        let mut group = c.benchmark_group("load");
+        configure(&mut group, size);
+        group.throughput(Throughput::Bytes(size as u64));
+        let id = label(size);
+
+        if wanted(&format!("load/raw_socket/{id}")) {
+            let mut raw = RawReceiver::start(size);
+            group.bench_function(format!("raw_socket/{id}"), |b| b.iter(|| raw.copy()));
+        }
+        let through_coordinator =
+            wanted(&format!("load/stream/{id}")) || wanted(&format!("load/plain/{id}"));
+        let stream = through_coordinator.then(|| encoded("h0", size));
+        if let (Some(stream), true) = (&stream, wanted(&format!("load/stream/{id}"))) {
+            let streamed = Coordinated::start(1, size, true);
+            group.bench_function(format!("stream/{id}"), |b| {
+                b.iter(|| {
+                    let input = Cursor::new(Shared(stream.clone()));
+                    rt::block_on(streamed.coordinator.load_seekable(input, None)).expect("load")
+                })
+            });
+        }
+        if let (Some(stream), true) = (
+            &stream,
+            size <= PLAIN_MAX && wanted(&format!("load/plain/{id}")),
+        ) {
+            let plain = Coordinated::start(1, size, false);
+            group.bench_function(format!("plain/{id}"), |b| {
+                b.iter(|| {
+                    let input = Cursor::new(Shared(stream.clone()));
+                    rt::block_on(plain.coordinator.load_seekable(input, None)).expect("load")
+                })
+            });
+        }
+        drop(stream);
+        let data = (size <= PLAIN_MAX).then(|| state_bytes(size));
+        if let (Some(data), true) = (&data, wanted(&format!("load/p2p_call/{id}"))) {
+            let p2p = P2p::start(1, size, false);
+            group.bench_function(format!("p2p_call/{id}"), |b| {
+                b.iter(|| rt::block_on(iface::call_load(&p2p.conns[0], data)).expect("Load"))
+            });
+        }
+        if let (Some(data), true) = (&data, wanted(&format!("load/bus_call/{id}"))) {
+            if let Some(bus) = Bus::start(1, size) {
+                group.bench_function(format!("bus_call/{id}"), |b| {
+                    b.iter(|| rt::block_on(bus_load(&bus.conn, &bus.helpers[0], data)))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+fn many_helpers_benches(c: &mut Criterion) {
+    let size = 4 * KIB;
+    for n in HELPER_COUNTS {
+        let mut group = c.benchmark_group("helpers_4k");
+        group
+            .sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+
+        if wanted(&format!("helpers_4k/stream_concurrent/{n}")) {
+            let streamed = Coordinated::start(n, size, true);
+            group.bench_function(format!("stream_concurrent/{n}"), |b| {
+                b.iter(|| rt::block_on(streamed.coordinator.save(std::io::sink())).expect("save"))
+            });
+        }
+        if wanted(&format!("helpers_4k/plain_concurrent/{n}")) {
+            let plain = Coordinated::start(n, size, false);
+            group.bench_function(format!("plain_concurrent/{n}"), |b| {
+                b.iter(|| rt::block_on(plain.coordinator.save(std::io::sink())).expect("save"))
+            });
+        }
+        if wanted(&format!("helpers_4k/plain_sequential/{n}")) {
+            let p2p = P2p::start(n, size, false);
+            group.bench_function(format!("plain_sequential/{n}"), |b| {
+                b.iter(|| {
+                    rt::block_on(async {
+                        for conn in &p2p.conns {
+                            iface::call_save(conn).await.expect("Save");
+                        }
+                    })
+                })
+            });
+        }
+        let bus = wanted(&format!("helpers_4k/bus_sequential/{n}"))
+            .then(|| Bus::start(n, size))
+            .flatten();
+        if let Some(bus) = bus {
+            group.bench_function(format!("bus_sequential/{n}"), |b| {
+                b.iter(|| {
+                    rt::block_on(async {
+                        for h in &bus.helpers {
+                            bus_save(&bus.conn, h).await;
+                        }
+                    })
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Latency of one 4 KiB `Save`, peer to peer against through the bus, and
+/// a raw request/reply of the same bytes, measured interleaved (one of
+/// each per round) so that all three see the same machine: on a shared VM
+/// the wake-up latency of an idle CPU swings between a few µs and tens of
+/// µs, which separate benchmarks can catch at different moments.
+fn interleaved_latency() {
+    const ROUNDS: usize = 3000;
+    const WARM_UP: usize = 300;
+    if !wanted("latency") {
+        return;
+    }
+    let size = 4 * KIB;
+    let Some(bus) = Bus::start(1, size) else {
+        eprintln!("dbus-daemon not available: latency skipped");
+        return;
+    };
+    let p2p = P2p::start(1, size, false);
+    let mut raw = RawSender::start(size);
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for round in 0..WARM_UP + ROUNDS {
+        let t = std::time::Instant::now();
+        raw.copy(size);
+        let raw_t = t.elapsed();
+        let t = std::time::Instant::now();
+        rt::block_on(iface::call_save(&p2p.conns[0])).expect("Save");
+        let p2p_t = t.elapsed();
+        let t = std::time::Instant::now();
+        rt::block_on(bus_save(&bus.conn, &bus.helpers[0]));
+        let bus_t = t.elapsed();
+        if round >= WARM_UP {
+            for (v, d) in times.iter_mut().zip([raw_t, p2p_t, bus_t]) {
+                v.push(d.as_secs_f64() * 1e6);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [raw_us, p2p_us, bus_us] = times.map(|mut v| median(&mut v));
+    let line = format!(
+        "save_4KiB_median_us raw_socket={raw_us:.1} p2p_call={p2p_us:.1} bus_call={bus_us:.1} rounds={ROUNDS}"
+    );
+    println!("latency, interleaved: {line}");
+    let dir = criterion_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("dbus-vmstate-latency.txt"), line + "\n");
+}
+
+/// Coordinator peak RSS, each in a fresh child process.
+fn peak_memory() {
+    if !wanted("memory") {
+        return;
+    }
+    let runs = [
+        ("stream-save", GIB),
+        ("stream-load", GIB),
+        ("plain-save", 64 * MIB),
+    ];
+    let mut lines = Vec::new();
+    for (what, size) in runs {
+        match rss::measure(what, size) {
+            Some(p) => {
+                let line = format!(
+                    "{} {} peak_rss_before_kib={} peak_rss_after_kib={}",
+                    p.what,
+                    label(p.size),
+                    p.before_kib,
+                    p.after_kib
+                );
+                println!("coordinator memory: {line}");
+                lines.push(line);
+            }
+            None => eprintln!("coordinator memory: {what} {} failed", label(size)),
+        }
+    }
+    let dir = criterion_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("dbus-vmstate-rss.txt"), lines.join("\n") + "\n");
+}
+
+fn main() {
+    if run_role() {
+        return;
+    }
+    let mut c = Criterion::default().without_plots().configure_from_args();
+    save_benches(&mut c);
+    load_benches(&mut c);
+    many_helpers_benches(&mut c);
+    interleaved_latency();
+    peak_memory();
+    c.final_summary();
+}

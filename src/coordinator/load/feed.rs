@@ -1,0 +1,206 @@
+//! One helper's streamed load: `LoadFd` with one end of a socket pair,
+//! while a feeder thread writes the state into the other end as the second
+//! pass hands it over.
+//!
+//! The feeder holds back the state's last byte until the second pass has
+//! verified the state's `END` record ([`Feed::Finish`]), then shuts down
+//! its end. If the pass fails first, the socket closes a byte short, so
+//! the helper never sees a complete state it should not load.
+
+use std::os::fd::AsFd;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use socket2::Socket;
+
+use crate::coordinator::transfer::pair::{self, Pair};
+use crate::coordinator::transfer::pool::Pool;
+use crate::coordinator::{Inner, Peer, Transfer};
+use crate::error::{Call, Error};
+use crate::iface;
+use crate::rt;
+
+/// What the second pass hands a feeder.
+#[derive(Debug)]
+pub(crate) enum Feed {
+    /// The next bytes of the state (a pool buffer).
+    Data(Vec<u8>),
+    /// The state's `END` verified: send the rest and end the stream.
+    Finish,
+}
+
+/// How a feeder ended.
+#[derive(Debug)]
+enum Fed {
+    /// All bytes sent and the stream ended.
+    Done,
+    /// Writing failed after this many bytes (the helper closed its end).
+    Failed(std::io::Error, u64),
+    /// The second pass stopped before the state was complete.
+    Aborted(u64),
+    /// The second pass handed over more than the announced size.
+    Overrun,
+}
+
+/// Loads the helper in slot `index` through `LoadFd`, with the `size`
+/// bytes that arrive on `feed`. Consumes `feed` to its end whatever
+/// happens, so the second pass never waits on a failed helper.
+pub(crate) async fn load(
+    inner: &Inner,
+    index: usize,
+    peer: &Peer,
+    size: u64,
+    feed: Receiver<Feed>,
+    pool: Arc<Pool>,
+) -> Result<Transfer, Error> {
+    let id = &inner.slots[index].spec.id;
+    let timeout = inner.config.call_timeout;
+    let pair = Pair::new().and_then(|p| Ok((p.ours.try_clone()?, p)));
+    let (control, Pair { ours, theirs }) = match pair {
+        Ok(pair) => pair,
+        Err(source) => {
+            drop(rt::spawn(rt::spawn_blocking(move || drain(&feed, &pool))));
+            return Err(Error::Transfer {
+                id: id.clone(),
+                call: Call::Load,
+                reason: "cannot create its socket pair".to_string(),
+                source: Some(source),
+            });
+        }
+    };
+    let started = Instant::now();
+    let feeder = rt::spawn_blocking(move || feed_socket(&ours, size, &feed, &pool));
+    let call = async {
+        let reply = iface::call_load_fd(&peer.conn, peer.destination(), theirs.as_fd(), size).await;
+        drop(theirs);
+        if reply.is_err() {
+            pair::abort(&control);
+        }
+        reply
+    };
+    let result = match rt::timeout(timeout, futures::future::join(call, feeder)).await {
+        Ok((reply, fed)) => judge(id, size, reply, fed),
+        Err(rt::Elapsed) => {
+            // The feeder's writes now fail; it drains the rest.
+            pair::abort(&control);
+            Err(Error::Timeout {
+                id: id.clone(),
+                call: Call::Load,
+                timeout,
+            })
+        }
+    };
+    result.map(|()| Transfer {
+        bytes: size,
+        duration: started.elapsed(),
+    })
+}
+
+/// The outcome of the call and the feeding together.
+fn judge(id: &str, size: u64, reply: zbus::Result<()>, fed: Fed) -> Result<(), Error> {
+    let transfer = |reason: String, source| Error::Transfer {
+        id: id.to_string(),
+        call: Call::Load,
+        reason,
+        source,
+    };
+    match (reply, fed) {
+        (Ok(()), Fed::Done) => Ok(()),
+        // The helper's error is a consequence; the stream's is reported.
+        (_, Fed::Aborted(sent)) => Err(transfer(
+            format!("aborted after {sent} of {size} bytes: the stream failed its second pass"),
+            None,
+        )),
+        (_, Fed::Overrun) => Err(transfer(
+            format!("the stream's second pass held more than the {size} bytes verified"),
+            None,
+        )),
+        (Err(source), _) => Err(Error::Call {
+            id: id.to_string(),
+            call: Call::Load,
+            source: Box::new(source),
+        }),
+        (Ok(()), Fed::Failed(e, sent)) => Err(transfer(
+            format!("the helper replied success but stopped reading after {sent} of {size} bytes"),
+            Some(e),
+        )),
+    }
+}
+
+/// Returns the buffers of everything still to come.
+fn drain(feed: &Receiver<Feed>, pool: &Pool) {
+    for msg in feed {
+        if let Feed::Data(buf) = msg {
+            pool.put(buf);
+        }
+    }
+}
+
+/// The feeder thread.
+fn feed_socket(end: &Socket, size: u64, feed: &Receiver<Feed>, pool: &Pool) -> Fed {
+    let mut sent = 0u64;
+    let mut held: Option<u8> = None;
+    let mut failure: Option<Fed> = None;
+    for msg in feed {
+        match msg {
+            Feed::Data(buf) => {
+                if failure.is_none() {
+                    if let Err(f) = send_part(end, &buf, size, &mut sent, &mut held) {
+                        pair::abort(end);
+                        failure = Some(f);
+                    }
+                }
+                pool.put(buf);
+            }
+            Feed::Finish => {
+                if let Some(f) = failure {
+                    drain(feed, pool);
+                    return f;
+                }
+                if let Some(last) = held.take() {
+                    if let Err(e) = pair::send_all(end, &[last]) {
+                        pair::abort(end);
+                        return Fed::Failed(e, sent);
+                    }
+                    sent += 1;
+                }
+                if sent != size {
+                    pair::abort(end);
+                    return Fed::Aborted(sent);
+                }
+                // Ends the helper's input; ENOTCONN if it left already,
+                // which its reply tells.
+                let _ = end.shutdown(std::net::Shutdown::Write);
+                drain(feed, pool);
+                return Fed::Done;
+            }
+        }
+    }
+    pair::abort(end);
+    failure.unwrap_or(Fed::Aborted(sent))
+}
+
+/// Sends `buf`, keeping back the state's very last byte.
+fn send_part(
+    end: &Socket,
+    buf: &[u8],
+    size: u64,
+    sent: &mut u64,
+    held: &mut Option<u8>,
+) -> Result<(), Fed> {
+    let after = *sent + u64::from(held.is_some()) + buf.len() as u64;
+    if after > size {
+        return Err(Fed::Overrun);
+    }
+    let data = match buf.split_last() {
+        Some((&last, rest)) if after == size => {
+            *held = Some(last);
+            rest
+        }
+        _ => buf,
+    };
+    pair::send_all(end, data).map_err(|e| Fed::Failed(e, *sent))?;
+    *sent += data.len() as u64;
+    Ok(())
+}

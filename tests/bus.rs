@@ -1,0 +1,141 @@
+//! `helper::serve_bus`: a helper built with this library serves QEMU's
+//! design too, on a private `dbus-daemon`, found as QEMU's `dbus-vmstate`
+//! finds helpers (the queued owners of `org.qemu.VMState1`). Needs the
+//! `dbus-daemon` program.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dbus_vmstate::{helper, iface, rt};
+use util::*;
+use zbus::Connection;
+
+/// A private session bus, stopped when dropped.
+struct Daemon {
+    child: Child,
+    address: String,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dbus-daemon (Debian package dbus-daemon)");
+        let mut address = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut address)
+            .unwrap();
+        Daemon {
+            child,
+            address: address.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn queued_owners(conn: &Connection) -> Vec<String> {
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "ListQueuedOwners",
+            &(iface::BUS_NAME,),
+        )
+        .await;
+    match reply {
+        Ok(m) => m.body().deserialize().unwrap(),
+        // No owner yet.
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn id_of(conn: &Connection, owner: &str) -> String {
+    let reply = conn
+        .call_method(
+            Some(owner),
+            iface::OBJECT_PATH,
+            Some(iface::PROPERTIES_INTERFACE),
+            "Get",
+            &(iface::INTERFACE, iface::PROPERTY_ID),
+        )
+        .await
+        .unwrap();
+    let body = reply.body();
+    let value: zbus::Variant<'_> = body.deserialize().unwrap();
+    String::try_from(&value).unwrap()
+}
+
+#[test]
+fn helpers_serve_qemus_design_on_a_bus() {
+    let daemon = Daemon::start();
+    run(async move {
+        let a = MemHelper::new("a", b"state of a".to_vec());
+        let b = MemHelper::new("b", vec![9; 100_000]);
+        for state in [a.clone(), b.clone()] {
+            let address = daemon.address.clone();
+            drop(rt::spawn(async move {
+                helper::serve_bus(&address, state, helper::Options::default()).await
+            }));
+        }
+        let conn = zbus::connection::Builder::address(daemon.address.as_str())
+            .build()
+            .await
+            .unwrap();
+        let mut owners = Vec::new();
+        for _ in 0..500 {
+            owners = queued_owners(&conn).await;
+            if owners.len() == 2 {
+                break;
+            }
+            rt::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            owners.len(),
+            2,
+            "both helpers queue for {}",
+            iface::BUS_NAME
+        );
+
+        for owner in &owners {
+            let id = id_of(&conn, owner).await;
+            let helper = if id == "a" { &a } else { &b };
+            let reply = conn
+                .call_method(
+                    Some(owner.as_str()),
+                    iface::OBJECT_PATH,
+                    Some(iface::INTERFACE),
+                    iface::METHOD_SAVE,
+                    &(),
+                )
+                .await
+                .unwrap();
+            let saved: serde_bytes::ByteBuf = reply.body().deserialize().unwrap();
+            assert_eq!(saved.as_ref(), helper.data().as_slice(), "{id}");
+            conn.call_method(
+                Some(owner.as_str()),
+                iface::OBJECT_PATH,
+                Some(iface::INTERFACE),
+                iface::METHOD_LOAD,
+                &iface::BlobRef(b"new state"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(helper.data(), b"new state", "{id}");
+        }
+        drop(daemon);
+    });
+}
