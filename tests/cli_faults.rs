@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use cli_util::*;
 use util::tmpdir;
 
-fn assert_exit(out: &std::process::Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 /// The payload real QEMU 7.2 wrote loads into two file helpers through
 /// `load --format qemu`, and through detection without the flag.
 #[test]

@@ -22,16 +22,6 @@ fn arg(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-fn assert_exit(out: &std::process::Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 #[test]
 fn inspect_lists_a_native_stream() {
     let out = run_bin(["inspect", arg(&data(NATIVE_V1))]);

@@ -36,16 +36,6 @@ fn load(serve: &Serve, input: &Path, extra: &[&str]) -> std::process::Output {
     run_bin(args)
 }
 
-fn assert_exit(out: &std::process::Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 /// The README walkthrough: two helpers saved to a file, inspected, loaded
 /// through a second serve into fresh helpers.
 #[test]

@@ -11,16 +11,6 @@ use cli_util::*;
 use dbus_vmstate::stream::{native, Limits, Record};
 use util::{pattern, tmpdir};
 
-fn assert_exit(out: &std::process::Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
 #[test]
 fn sigterm_and_sigint_remove_every_socket() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
