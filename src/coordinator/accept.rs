@@ -111,6 +111,11 @@ async fn admit(inner: Arc<Inner>, index: usize, stream: UnixStream) {
                 // Closed once a call still running on it (if any) is done.
                 tracing::info!(helper = %id, old_pid = ?old.pid, "replacing older connection");
             }
+            // Learn now whether it streams, so that the first save or load
+            // (in the VM's downtime) does not wait for the introspection.
+            if let Some(peer) = slot.peer().filter(|p| p.generation == generation) {
+                super::transfer::mode(&inner, index, &peer).await;
+            }
             watch(inner.clone(), index, conn, generation).await;
         }
         Err((pid, why)) => {
