@@ -304,6 +304,10 @@ pub struct DemoArgs {
     /// Timeout of each Save and Load call, in seconds.
     #[arg(long, default_value = "60", value_parser = parse_seconds)]
     pub timeout: Duration,
+    /// Helpers serve only QEMU's org.qemu.VMState1 (state inside one D-Bus
+    /// message, at most 128 MiB), not the streaming extension.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `helper` arguments.
@@ -351,6 +355,9 @@ pub struct DemoHelperArgs {
     /// state.
     #[arg(long)]
     pub destination: bool,
+    /// Serve only org.qemu.VMState1, not the streaming extension.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// Parses a byte count: digits with an optional K, M, G or T suffix

@@ -145,7 +145,11 @@ pub fn run_helper(args: DemoHelperArgs) -> anyhow::Result<i32> {
         data: Mutex::new(Arc::new(data)),
         verdict: AtomicU8::new(0),
     });
-    helper::serve_blocking(&args.socket, state.clone(), helper::Options::default())?;
+    helper::serve_blocking(
+        &args.socket,
+        state.clone(),
+        helper::Options::default().streaming(!args.plain),
+    )?;
     Ok(if !args.destination {
         EXIT_VERIFIED
     } else {
@@ -182,6 +186,9 @@ impl Children {
                 .arg(seed_of(i).to_string());
             if destination {
                 cmd.arg("--destination");
+            }
+            if args.plain {
+                cmd.arg("--plain");
             }
             let child = cmd
                 .spawn()

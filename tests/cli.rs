@@ -175,3 +175,28 @@ fn helper_without_coordinator_gives_up_after_its_timeout() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn demo_plain_uses_qemus_interface_only() {
+    let out = run_bin(&["demo", "--helpers", "2", "--size", "70000", "--plain"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("helper-"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows.iter().all(|r| r.contains(" plain ")), "{stdout}");
+    // Without the flag the same helpers stream.
+    let out = run_bin(&["demo", "--helpers", "1", "--size", "70000"]);
+    assert!(
+        text(&out.stdout).contains(" stream "),
+        "{}",
+        text(&out.stdout)
+    );
+}
