@@ -88,7 +88,6 @@
 
 #![deny(missing_docs)]
 
-pub mod activation;
 pub mod control;
 pub mod coordinator;
 pub mod error;

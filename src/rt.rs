@@ -21,6 +21,7 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 
 /// A spawned task. Awaiting it yields the task's output; dropping it lets
 /// the task run on detached; [`Task::cancel`] stops it.
+#[derive(Debug)]
 #[must_use = "dropping a Task detaches it; call cancel() to stop it"]
 pub struct Task<T>(async_std::task::JoinHandle<T>);
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_signal::Signal;
 use dbus_vmstate::control::{self, Server};
-use dbus_vmstate::{activation, coordinator, rt};
+use dbus_vmstate::{coordinator, rt};
+
+use crate::activation;
 use futures::StreamExt;
 
 use crate::cli::{self, ServeArgs};

@@ -25,7 +25,7 @@ use std::os::unix::net::UnixListener;
 
 use socket2::{Domain, SockRef, Type};
 
-use crate::error::Error;
+use dbus_vmstate::Error;
 
 /// The first inherited descriptor.
 pub const LISTEN_FDS_START: RawFd = 3;

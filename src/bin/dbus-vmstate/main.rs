@@ -1,5 +1,6 @@
 //! The `dbus-vmstate` command.
 
+mod activation;
 mod cli;
 mod client;
 mod demo;
