@@ -88,6 +88,7 @@
 
 #![deny(missing_docs)]
 
+pub mod atomic;
 pub mod control;
 pub mod coordinator;
 pub mod error;

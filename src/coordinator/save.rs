@@ -21,11 +21,12 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::transfer::{self, pool::Pool, Mode};
 use super::{HelperReport, Inner, Peer, Skipped, Transfer};
+use crate::atomic::AtomicFile;
 use crate::error::{Call, Error};
 use crate::iface;
 use crate::rt;
 use crate::stream::native;
-use writer::Msg;
+use writer::{Msg, WRITE_STREAM};
 
 /// Chunk buffers in flight beyond one per streaming helper: how far the
 /// helpers may run ahead of the output, in [`native::CHUNK_BYTES`] units.
@@ -260,7 +261,7 @@ async fn save_plain(
 }
 
 pub(super) async fn save_to_path(inner: &Inner, path: &Path) -> Result<SaveReport, Error> {
-    let io_error = |what: &'static str| {
+    let output_error = |what: &'static str| {
         let path = path.to_path_buf();
         move |source| Error::Io {
             what,
@@ -268,40 +269,27 @@ pub(super) async fn save_to_path(inner: &Inner, path: &Path) -> Result<SaveRepor
             source,
         }
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".vmstate-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(io_error("cannot create a temporary file beside"))?;
+    let temp =
+        AtomicFile::create(path).map_err(output_error("cannot create a temporary file beside"))?;
     let file = temp
         .as_file()
         .try_clone()
-        .map_err(io_error("cannot create a temporary file beside"))?;
+        .map_err(output_error("cannot create a temporary file beside"))?;
+    // `temp` drops on every early return and removes the temporary file.
     let (file, report) = match save(inner, file).await {
         Ok(done) => done,
-        Err(Error::Io { what, source, .. }) => {
-            // `temp` drops here and removes the temporary file.
-            return Err(Error::Io {
-                what,
-                path: Some(path.to_path_buf()),
-                source,
-            });
-        }
+        // Only the stream's own writes are about the output file; a spool
+        // or thread failure keeps its own wording.
+        Err(Error::Io {
+            what: WRITE_STREAM,
+            path: None,
+            source,
+        }) => return Err(output_error(WRITE_STREAM)(source)),
         Err(e) => return Err(e),
     };
-    let path_buf = path.to_path_buf();
-    let persisted = rt::spawn_blocking(move || -> std::io::Result<()> {
-        file.sync_all()?;
-        drop(file);
-        temp.persist(&path_buf).map_err(|e| e.error)?;
-        // Make the rename itself durable.
-        std::fs::File::open(&dir)?.sync_all()
-    })
-    .await;
-    persisted.map_err(io_error("cannot write the state stream to"))?;
+    drop(file);
+    rt::spawn_blocking(move || temp.commit())
+        .await
+        .map_err(output_error("cannot write the state stream to"))?;
     Ok(report)
 }

@@ -1,5 +1,6 @@
 //! [`FileState`]: a helper whose state is a file.
 
+use crate::atomic::AtomicFile;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -60,18 +61,15 @@ impl State for FileState {
 }
 
 /// Writes what `input` holds to `path`, atomically and durably: nothing
-/// replaces `path` unless the whole input was read and synced.
+/// replaces `path` unless the whole input was read and synced. The new file
+/// keeps the permission bits of the one it replaces.
 fn replace_file(path: &Path, input: &mut dyn Read) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".state-")
-        .tempfile_in(dir)?;
+    let mut temp = AtomicFile::create(path)?;
+    match std::fs::metadata(path) {
+        Ok(old) => temp.set_mode(std::os::unix::fs::PermissionsExt::mode(&old.permissions()))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     io::copy(input, &mut temp)?;
-    temp.flush()?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    temp.commit()
 }

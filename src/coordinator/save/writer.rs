@@ -20,6 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
+/// What a failed write of the stream itself is called (and how
+/// `save_to_path` tells it from other I/O errors).
+pub(crate) const WRITE_STREAM: &str = "cannot write the state stream";
+
 use crate::coordinator::transfer::pool::Pool;
 use crate::error::{Call, Error};
 use crate::iface::SaveReply;
@@ -112,7 +116,7 @@ pub(super) fn run<W: Write>(
     let bytes = thread.writer.bytes_written() + STREAM_END_BYTES;
     let buffered = thread.writer.finish().map_err(write_error)?;
     let out = buffered.into_inner().map_err(|e| Error::Io {
-        what: "cannot write the state stream",
+        what: WRITE_STREAM,
         path: None,
         source: e.into_error(),
     })?;
@@ -225,7 +229,7 @@ fn spool_error(source: std::io::Error) -> Error {
 pub(super) fn write_error(e: stream::Error) -> Error {
     match e {
         stream::Error::Io(source) => Error::Io {
-            what: "cannot write the state stream",
+            what: WRITE_STREAM,
             path: None,
             source,
         },
