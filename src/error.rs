@@ -252,6 +252,30 @@ impl Error {
         }
     }
 
+    /// Whether the migration itself failed (a helper failed, timed out or
+    /// was missing, or the stream was rejected), as opposed to the set-up
+    /// around it (the configuration, a socket, the local file system).
+    /// The command line exits 1 for the first kind and 2 for the second.
+    pub fn is_migration_failure(&self) -> bool {
+        match self {
+            Error::Config { .. }
+            | Error::Bind { .. }
+            | Error::SocketInUse { .. }
+            | Error::Connect { .. }
+            | Error::Io { .. } => false,
+            Error::NotConnected { .. }
+            | Error::Call { .. }
+            | Error::Timeout { .. }
+            | Error::TooLarge { .. }
+            | Error::OverMessageLimit { .. }
+            | Error::Transfer { .. }
+            | Error::MissingInStream { .. }
+            | Error::UnknownInStream { .. }
+            | Error::Stream(_) => true,
+            Error::Several { errors } => errors.iter().any(Error::is_migration_failure),
+        }
+    }
+
     /// Whether a deadline passed (a call timed out, a helper never came).
     pub fn is_timeout(&self) -> bool {
         match self {
