@@ -1,11 +1,88 @@
-//! What the commands print: human tables and JSON documents.
+//! What the commands print: human tables and JSON documents, and the
+//! standard output they go to.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use dbus_vmstate::control::Report;
 use dbus_vmstate::coordinator::{HelperStatus, Transfer};
 use serde_json::{json, Value};
+
+/// Standard output for what a command prints. A reader that stops early
+/// (`dbus-vmstate status | head -1`) is not an error: once a write meets a
+/// closed pipe, the rest of the output is dropped and the command goes on
+/// to exit as it would have.
+#[derive(Debug)]
+pub struct Stdout {
+    out: io::Stdout,
+    closed: bool,
+}
+
+impl Stdout {
+    /// Standard output, not yet seen closed.
+    pub fn new() -> Self {
+        Stdout {
+            out: io::stdout(),
+            closed: false,
+        }
+    }
+
+    /// `result`, with a closed pipe noted and turned into `ok`.
+    fn unless_closed<T>(&mut self, result: io::Result<T>, ok: T) -> io::Result<T> {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(ok)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        let written = self.out.write(buf);
+        self.unless_closed(written, buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let flushed = self.out.flush();
+        self.unless_closed(flushed, ())
+    }
+}
+
+/// Prints the report of a save or load: JSON, or the human report unless
+/// `quiet`; on stderr when stdout carries the stream.
+///
+/// # Errors
+///
+/// When writing fails (a closed stdout is not a failure, see [`Stdout`]).
+pub fn print_report(
+    operation: &str,
+    summary: &str,
+    report: &Report,
+    json: bool,
+    quiet: bool,
+    stdout_is_stream: bool,
+) -> io::Result<()> {
+    let mut out: Box<dyn Write> = if stdout_is_stream {
+        Box::new(io::stderr())
+    } else {
+        Box::new(Stdout::new())
+    };
+    if json {
+        print_json(&mut out, &report_json(operation, report))?;
+    } else if !quiet {
+        write_report(&mut out, summary, report)?;
+    }
+    out.flush()
+}
 
 /// A byte count for people: `512 B`, `4.0 KiB`, `16.0 MiB`.
 pub fn bytes(n: u64) -> String {
@@ -59,7 +136,7 @@ pub fn report_json(operation: &str, report: &Report) -> Value {
 
 /// The human report of a save or load: one summary line, one line per
 /// helper, one per skipped helper.
-pub fn write_report(out: &mut dyn Write, summary: &str, report: &Report) -> std::io::Result<()> {
+pub fn write_report(out: &mut dyn Write, summary: &str, report: &Report) -> io::Result<()> {
     writeln!(out, "{summary} in {}", ms(report.duration))?;
     let width = report
         .helpers
@@ -108,7 +185,7 @@ fn transfer_text(t: &Option<Transfer>) -> String {
 }
 
 /// The human table of `status`.
-pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> std::io::Result<()> {
+pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> io::Result<()> {
     let width = helpers.iter().map(|h| h.id.len()).max().unwrap_or(0).max(6);
     writeln!(
         out,
@@ -140,7 +217,7 @@ pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> std::io::R
 }
 
 /// Prints a JSON document on one line.
-pub fn print_json(out: &mut dyn Write, value: &Value) -> std::io::Result<()> {
+pub fn print_json(out: &mut dyn Write, value: &Value) -> io::Result<()> {
     writeln!(out, "{value}")
 }
 
