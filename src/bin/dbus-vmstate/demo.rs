@@ -230,20 +230,7 @@ fn seed_of(index: usize) -> u64 {
 
 /// Runs the demo and prints its table. Returns the process exit code.
 pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
-    let temp;
-    let dir: PathBuf = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("dbus-vmstate-demo-")
-                .tempdir_in(std::env::temp_dir())
-                .context("cannot create a temporary directory")?;
-            temp.path().to_path_buf()
-        }
-    };
+    let (_temp, dir) = work_dir(&args)?;
     let src_dir = dir.join("src");
     let dst_dir = dir.join("dst");
     for d in [&src_dir, &dst_dir] {
@@ -288,6 +275,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         args.size
     )?;
     Ok(exit::OK)
+}
+
+/// The work directory: `--dir`, created if missing, or a new temporary
+/// directory, removed when the returned guard is dropped.
+fn work_dir(args: &DemoArgs) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    if let Some(d) = &args.dir {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        return Ok((None, d.clone()));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("dbus-vmstate-demo-")
+        .tempdir_in(std::env::temp_dir())
+        .context("cannot create a temporary directory")?;
+    let dir = temp.path().to_path_buf();
+    Ok((Some(temp), dir))
 }
 
 /// Starts helpers with generated state in `dir` and saves them into
@@ -349,7 +351,7 @@ fn verified(id: &str, status: &ExitStatus) -> bool {
         Some(EXIT_NEVER_LOADED) => "never received Load".to_string(),
         _ => format!("exited with {status}"),
     };
-    eprintln!("error: helper {id}: {why}");
+    let _ = writeln!(std::io::stderr(), "error: helper {id}: {why}");
     false
 }
 
