@@ -12,19 +12,26 @@ use serde_json::{json, Value};
 /// (`dbus-vmstate status | head -1`) is not an error: once a write meets a
 /// closed pipe, the rest of the output is dropped and the command goes on
 /// to exit as it would have.
-#[derive(Debug)]
-pub struct Stdout {
-    out: io::Stdout,
-    closed: bool,
-}
+pub type Stdout = ClosedIsDone<io::Stdout>;
 
 impl Stdout {
     /// Standard output, not yet seen closed.
     pub fn new() -> Self {
-        Stdout {
-            out: io::stdout(),
-            closed: false,
-        }
+        ClosedIsDone::wrap(io::stdout())
+    }
+}
+
+/// A writer for which a closed pipe (`EPIPE`) means the reader is done:
+/// that write and every later one succeed without writing anything.
+#[derive(Debug)]
+pub struct ClosedIsDone<W> {
+    out: W,
+    closed: bool,
+}
+
+impl<W: Write> ClosedIsDone<W> {
+    fn wrap(out: W) -> Self {
+        ClosedIsDone { out, closed: false }
     }
 
     /// `result`, with a closed pipe noted and turned into `ok`.
@@ -39,7 +46,7 @@ impl Stdout {
     }
 }
 
-impl Write for Stdout {
+impl<W: Write> Write for ClosedIsDone<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.closed {
             return Ok(buf.len());
@@ -224,6 +231,53 @@ pub fn print_json(out: &mut dyn Write, value: &Value) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes `room` bytes, then fails every write with `kind`.
+    struct Pipe {
+        taken: Vec<u8>,
+        room: usize,
+        kind: io::ErrorKind,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.taken.len() >= self.room {
+                return Err(self.kind.into());
+            }
+            let n = buf.len().min(self.room - self.taken.len());
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pipe(room: usize, kind: io::ErrorKind) -> ClosedIsDone<Pipe> {
+        ClosedIsDone::wrap(Pipe {
+            taken: Vec::new(),
+            room,
+            kind,
+        })
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_output_quietly() {
+        let mut out = pipe(4, io::ErrorKind::BrokenPipe);
+        writeln!(out, "helper  connected").unwrap();
+        writeln!(out, "more").unwrap();
+        out.flush().unwrap();
+        assert_eq!(out.out.taken, b"help");
+        assert!(out.closed);
+    }
+
+    #[test]
+    fn other_write_errors_still_fail() {
+        let mut out = pipe(0, io::ErrorKind::StorageFull);
+        let e = writeln!(out, "x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    }
 
     #[test]
     fn byte_counts() {
