@@ -20,12 +20,14 @@
 //! Service=vm0-vmstate.service
 //! ```
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 
 use socket2::{Domain, SockRef, Type};
 
 use dbus_vmstate::Error;
+
+use crate::sys;
 
 /// The first inherited descriptor.
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -92,10 +94,12 @@ pub fn take() -> Result<Vec<Socket>, Error> {
     for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(name);
     }
+    let Some(fds) = sys::take_inherited(LISTEN_FDS_START, count) else {
+        return Ok(Vec::new());
+    };
     let mut sockets = Vec::with_capacity(count);
-    for (i, name) in names.into_iter().enumerate() {
-        let fd = LISTEN_FDS_START + RawFd::try_from(i).unwrap_or(RawFd::MAX - LISTEN_FDS_START);
-        let listener = take_fd(fd, &name)?;
+    for ((fd, owned), name) in fds.into_iter().zip(names) {
+        let listener = listener(fd, &name, owned)?;
         sockets.push(Socket { name, fd, listener });
     }
     Ok(sockets)
@@ -109,30 +113,14 @@ fn var(name: &str) -> Result<Option<String>, Error> {
     }
 }
 
-/// Takes descriptor `fd`, checks it is a listening Unix stream socket and
-/// marks it close-on-exec.
-fn take_fd(fd: RawFd, name: &str) -> Result<UnixListener, Error> {
+/// Checks that descriptor `fd`, taken from the service manager, is a
+/// listening Unix stream socket, and marks it close-on-exec.
+fn listener(fd: RawFd, name: &str, owned: std::io::Result<OwnedFd>) -> Result<UnixListener, Error> {
     let bad = |what: String| config(format!("passed descriptor {fd} ({name:?}) {what}"));
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(bad(format!(
-            "is not open: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: the descriptor is open, was passed to this process (LISTEN_PID
-    // matched) and nothing else in the process owns it: the environment
-    // that announced it is gone, so it is taken only once.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: F_SETFD on a descriptor we now own.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
-        return Err(bad(format!(
-            "cannot be made close-on-exec: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
+    let owned = owned.map_err(|e| bad(format!("is not open: {e}")))?;
     let sock = SockRef::from(&owned);
+    sock.set_cloexec(true)
+        .map_err(|e| bad(format!("cannot be made close-on-exec: {e}")))?;
     let kind = (sock.domain(), sock.r#type(), sock.is_listener());
     match kind {
         (Ok(Domain::UNIX), Ok(Type::STREAM), Ok(true)) => Ok(UnixListener::from(owned)),

@@ -1,17 +1,10 @@
-//! The command line: argument definitions only. `main.rs` runs them.
+//! The command line: argument definitions only. `main.rs` runs them; the
+//! exit codes the help text documents are in `exit.rs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-
-/// Exit code: success.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: the migration failed (a helper failed, a stream was rejected,
-/// the demo saw a mismatch).
-pub const EXIT_MIGRATION_FAILED: i32 = 1;
-/// Exit code: bad usage, or an I/O error outside the migration itself.
-pub const EXIT_USAGE: i32 = 2;
 
 /// Daemonless migration of VM helper-process state over peer-to-peer D-Bus.
 #[derive(Debug, Parser)]

@@ -14,16 +14,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use dbus_vmstate::coordinator::{self, HelperReport};
+use dbus_vmstate::coordinator::{self, HelperReport, LoadReport, SaveReport};
 use dbus_vmstate::helper::{self, BoxError, SharedBytes, State};
-use dbus_vmstate::stream::{native, Limits};
+use dbus_vmstate::stream::native::{self, Summary};
+use dbus_vmstate::stream::Limits;
+use futures::executor::block_on;
 
 use crate::cli::{DemoArgs, DemoHelperArgs};
+use crate::exit;
+use crate::output::Stdout;
 
 /// Destination helper exit codes.
-const EXIT_VERIFIED: i32 = 0;
-const EXIT_MISMATCH: i32 = 3;
-const EXIT_NEVER_LOADED: i32 = 4;
+const EXIT_VERIFIED: u8 = 0;
+const EXIT_MISMATCH: u8 = 3;
+const EXIT_NEVER_LOADED: u8 = 4;
 
 /// Bytes generated and compared per step when verifying.
 const VERIFY_BLOCK_BYTES: usize = 1 << 20;
@@ -129,7 +133,7 @@ impl State for DemoState {
 }
 
 /// The hidden `demo-helper` subcommand. Returns the process exit code.
-pub fn run_helper(args: DemoHelperArgs) -> anyhow::Result<i32> {
+pub fn run_helper(args: DemoHelperArgs) -> anyhow::Result<u8> {
     let size = usize::try_from(args.size).context("size does not fit in memory")?;
     let data = if args.destination {
         Vec::new()
@@ -225,21 +229,8 @@ fn seed_of(index: usize) -> u64 {
 }
 
 /// Runs the demo and prints its table. Returns the process exit code.
-pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
-    let temp;
-    let dir: PathBuf = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("dbus-vmstate-demo-")
-                .tempdir_in(std::env::temp_dir())
-                .context("cannot create a temporary directory")?;
-            temp.path().to_path_buf()
-        }
-    };
+pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
+    let (_temp, dir) = work_dir(&args)?;
     let src_dir = dir.join("src");
     let dst_dir = dir.join("dst");
     for d in [&src_dir, &dst_dir] {
@@ -247,45 +238,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }
     let stream_path = dir.join("helpers.vmstate");
     let ids: Vec<String> = (1..=args.helpers).map(|i| format!("helper-{i}")).collect();
-
-    println!(
+    let mut out = Stdout::new();
+    writeln!(
+        out,
         "dbus-vmstate demo: {} helper processes, {} bytes of state each",
         args.helpers, args.size
-    );
-
-    // Source: generated state, saved to the stream file.
-    let source = coordinator::Builder::new()
-        .socket_dir(&src_dir, ids.iter().cloned())
-        .call_timeout(args.timeout)
-        .bind()?;
-    let children = Children::spawn(&src_dir, &args, &ids, false)?;
-    let save = dbus_vmstate::rt::block_on(source.save_to_path(&stream_path));
-    dbus_vmstate::rt::block_on(source.shutdown());
-    let save = save.context("save failed")?;
-    for (id, status) in children.wait()? {
-        if !status.success() {
-            bail!("source helper {id} exited with {status}");
-        }
-    }
-    let summary = native::inspect(
-        std::io::BufReader::new(std::fs::File::open(&stream_path)?),
-        Limits::default(),
-    )
-    .context("the saved stream does not verify")?;
-
-    // Destination: empty helpers, loaded from the file and checked.
-    let destination = coordinator::Builder::new()
-        .socket_dir(&dst_dir, ids.iter().cloned())
-        .call_timeout(args.timeout)
-        .bind()?;
-    let children = Children::spawn(&dst_dir, &args, &ids, true)?;
-    let load = dbus_vmstate::rt::block_on(destination.load_from_path(&stream_path, None));
-    dbus_vmstate::rt::block_on(destination.shutdown());
-    let statuses = children.wait()?;
-    let load = load.context("load failed")?;
-
-    print_table(&ids, &save.helpers, &load.helpers);
-    println!(
+    )?;
+    out.flush()?;
+    let (save, summary) = save_source(&src_dir, &args, &ids, &stream_path)?;
+    let (load, statuses) = load_destination(&dst_dir, &args, &ids, &stream_path)?;
+    print_table(&mut out, &ids, &save.helpers, &load.helpers)?;
+    writeln!(
+        out,
         "stream: {} ({} bytes, {} records, checksums verified); save {:.1} ms, load {:.1} ms (after {:.1} ms verifying)",
         stream_path.display(),
         summary.stream_bytes,
@@ -293,35 +257,102 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         ms(save.duration),
         ms(load.duration),
         ms(load.verification),
-    );
-    let mut failed = 0;
-    for (id, status) in &statuses {
-        match status.code() {
-            Some(EXIT_VERIFIED) => {}
-            Some(EXIT_MISMATCH) => {
-                eprintln!("error: helper {id}: loaded state differs from the source's");
-                failed += 1;
-            }
-            Some(EXIT_NEVER_LOADED) => {
-                eprintln!("error: helper {id}: never received Load");
-                failed += 1;
-            }
-            _ => {
-                eprintln!("error: helper {id}: exited with {status}");
-                failed += 1;
-            }
-        }
-    }
+    )?;
+    out.flush()?;
+    let failed = statuses.iter().filter(|(id, s)| !verified(id, s)).count();
     if failed > 0 {
-        println!("FAILED: {failed} of {} helpers did not verify", ids.len());
-        return Ok(crate::cli::EXIT_MIGRATION_FAILED);
+        writeln!(
+            out,
+            "FAILED: {failed} of {} helpers did not verify",
+            ids.len()
+        )?;
+        return Ok(exit::MIGRATION_FAILED);
     }
-    println!(
+    writeln!(
+        out,
         "verified: all {} helpers hold exactly the source's {} bytes",
         ids.len(),
         args.size
-    );
-    Ok(crate::cli::EXIT_OK)
+    )?;
+    Ok(exit::OK)
+}
+
+/// The work directory: `--dir`, created if missing, or a new temporary
+/// directory, removed when the returned guard is dropped.
+fn work_dir(args: &DemoArgs) -> anyhow::Result<(Option<tempfile::TempDir>, PathBuf)> {
+    if let Some(d) = &args.dir {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        return Ok((None, d.clone()));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("dbus-vmstate-demo-")
+        .tempdir_in(std::env::temp_dir())
+        .context("cannot create a temporary directory")?;
+    let dir = temp.path().to_path_buf();
+    Ok((Some(temp), dir))
+}
+
+/// Starts helpers with generated state in `dir` and saves them into
+/// `stream_path`; returns the report and the verified stream's summary.
+fn save_source(
+    dir: &Path,
+    args: &DemoArgs,
+    ids: &[String],
+    stream_path: &Path,
+) -> anyhow::Result<(SaveReport, Summary)> {
+    let source = coordinator::Builder::new()
+        .socket_dir(dir, ids.iter().cloned())
+        .call_timeout(args.timeout)
+        .bind()?;
+    let children = Children::spawn(dir, args, ids, false)?;
+    let save = block_on(source.save_to_path(stream_path));
+    block_on(source.shutdown());
+    let save = save.context("save failed")?;
+    for (id, status) in children.wait()? {
+        if !status.success() {
+            bail!("source helper {id} exited with {status}");
+        }
+    }
+    let summary = native::inspect(
+        std::io::BufReader::new(std::fs::File::open(stream_path)?),
+        Limits::default(),
+    )
+    .context("the saved stream does not verify")?;
+    Ok((save, summary))
+}
+
+/// Starts empty helpers in `dir` and loads `stream_path` into them;
+/// returns the report and each helper's exit status.
+fn load_destination(
+    dir: &Path,
+    args: &DemoArgs,
+    ids: &[String],
+    stream_path: &Path,
+) -> anyhow::Result<(LoadReport, Vec<(String, ExitStatus)>)> {
+    let destination = coordinator::Builder::new()
+        .socket_dir(dir, ids.iter().cloned())
+        .call_timeout(args.timeout)
+        .bind()?;
+    let children = Children::spawn(dir, args, ids, true)?;
+    let load = block_on(destination.load_from_path(stream_path, None));
+    block_on(destination.shutdown());
+    let statuses = children.wait()?;
+    let load = load.context("load failed")?;
+    Ok((load, statuses))
+}
+
+/// Whether destination helper `id` verified its state; says why not on
+/// stderr.
+fn verified(id: &str, status: &ExitStatus) -> bool {
+    let code = status.code().and_then(|c| u8::try_from(c).ok());
+    let why = match code {
+        Some(EXIT_VERIFIED) => return true,
+        Some(EXIT_MISMATCH) => "loaded state differs from the source's".to_string(),
+        Some(EXIT_NEVER_LOADED) => "never received Load".to_string(),
+        _ => format!("exited with {status}"),
+    };
+    let _ = writeln!(std::io::stderr(), "error: helper {id}: {why}");
+    false
 }
 
 fn ms(d: Duration) -> f64 {
@@ -336,15 +367,21 @@ fn mbps(bytes: u64, d: Duration) -> String {
     format!("{:.0}", bytes as f64 / s / 1e6)
 }
 
-fn print_table(ids: &[String], saved: &[HelperReport], loaded: &[HelperReport]) {
+fn print_table(
+    out: &mut dyn Write,
+    ids: &[String],
+    saved: &[HelperReport],
+    loaded: &[HelperReport],
+) -> std::io::Result<()> {
     let find = |list: &[HelperReport], id: &str| list.iter().find(|r| r.id == id).cloned();
-    println!(
+    writeln!(
+        out,
         "{:<12} {:>12} {:>13} {:>10} {:>10} {:>10} {:>10}",
         "helper", "bytes", "path", "save ms", "load ms", "save MB/s", "load MB/s"
-    );
+    )?;
     for id in ids {
         let (Some(s), Some(l)) = (find(saved, id), find(loaded, id)) else {
-            println!("{id:<12} {:>12}", "(missing)");
+            writeln!(out, "{id:<12} {:>12}", "(missing)")?;
             continue;
         };
         let path = if s.mode == l.mode {
@@ -353,7 +390,8 @@ fn print_table(ids: &[String], saved: &[HelperReport], loaded: &[HelperReport]) 
             format!("{}/{}", s.mode, l.mode)
         };
         let (s, l) = (s.transfer, l.transfer);
-        println!(
+        writeln!(
+            out,
             "{:<12} {:>12} {:>13} {:>10.2} {:>10.2} {:>10} {:>10}",
             id,
             s.bytes,
@@ -362,8 +400,9 @@ fn print_table(ids: &[String], saved: &[HelperReport], loaded: &[HelperReport]) 
             ms(l.duration),
             mbps(s.bytes, s.duration),
             mbps(l.bytes, l.duration),
-        );
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

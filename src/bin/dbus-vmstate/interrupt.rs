@@ -3,6 +3,8 @@
 
 use async_signal::{Signal, Signals};
 
+use crate::sys;
+
 /// The signals that end a command.
 pub const ENDING: [Signal; 3] = [Signal::Int, Signal::Term, Signal::Hup];
 
@@ -30,12 +32,7 @@ pub fn signals() -> std::io::Result<Signals> {
 /// sees the process killed by it.
 pub fn reraise(signal: Signal) -> ! {
     let signo = signal as libc::c_int;
-    // SAFETY: restoring the default action and raising a signal have no
-    // memory-safety preconditions.
-    unsafe {
-        libc::signal(signo, libc::SIG_DFL);
-        libc::raise(signo);
-    }
+    sys::reraise(signo);
     // Not reached for the signals in ENDING, whose default is to terminate.
     std::process::exit(128 + signo)
 }

@@ -1,44 +1,82 @@
 //! The `dbus-vmstate` command.
+//!
+//! One module per command (`serve`, `save`, `load`, `status`, `inspect`,
+//! `convert`, `helper`, `demo`, `docs` for `completions` and `man`), each a
+//! `run` function returning the exit code; `main` parses the arguments with
+//! `cli`, dispatches, and turns an error into its exit code with `exit`.
+//! Shared by several commands: `stdio` (stream ends), `detect` (stream
+//! files), `output`, `progress`, `interrupt`. Unsafe code lives only in
+//! `sys`.
+
+#![deny(unsafe_code)]
 
 mod activation;
 mod cli;
-mod client;
+mod convert;
 mod demo;
+mod detect;
 mod docs;
 mod exec;
+mod exit;
+mod helper;
+mod inspect;
 mod interrupt;
-mod offline;
+mod load;
 mod output;
 mod progress;
-mod run;
+mod save;
 mod serve;
+mod status;
+mod stdio;
+mod sys;
+
+use std::io::Write;
+use std::process::ExitCode;
 
 use clap::Parser;
 
-fn main() {
+use crate::cli::Command;
+
+fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() {
-                cli::EXIT_USAGE
+                exit::USAGE
             } else {
-                cli::EXIT_OK
+                exit::OK
             };
             let _ = e.print();
-            std::process::exit(code);
+            return ExitCode::from(code);
         }
     };
     // A coordinator process logs helper connections by default.
-    let base = u8::from(matches!(cli.command, cli::Command::Serve(_)));
+    let base = u8::from(matches!(cli.command, Command::Serve(_)));
     init_logging(base.saturating_add(cli.verbose), cli.quiet);
-    let code = match run::run(cli.command, cli.quiet) {
-        Ok(code) => code,
+    match run(cli.command, cli.quiet) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            run::exit_code(&e)
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::from(exit::code(&e))
         }
-    };
-    std::process::exit(code);
+    }
+}
+
+/// Runs `command`; returns the exit code.
+fn run(command: Command, quiet: bool) -> anyhow::Result<u8> {
+    match command {
+        Command::Serve(args) => serve::run(args),
+        Command::Save(args) => save::run(args, quiet),
+        Command::Load(args) => load::run(args, quiet),
+        Command::Status(args) => status::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Convert(args) => convert::run(args, quiet),
+        Command::Helper(args) => helper::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
+        Command::DemoHelper(args) => demo::run_helper(args),
+    }
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -1,11 +1,95 @@
-//! What the commands print: human tables and JSON documents.
+//! What the commands print: human tables and JSON documents, and the
+//! standard output they go to.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::time::Duration;
 
 use dbus_vmstate::control::Report;
 use dbus_vmstate::coordinator::{HelperStatus, Transfer};
 use serde_json::{json, Value};
+
+/// Standard output for what a command prints. A reader that stops early
+/// (`dbus-vmstate status | head -1`) is not an error: once a write meets a
+/// closed pipe, the rest of the output is dropped and the command goes on
+/// to exit as it would have.
+pub type Stdout = ClosedIsDone<io::Stdout>;
+
+impl Stdout {
+    /// Standard output, not yet seen closed.
+    pub fn new() -> Self {
+        ClosedIsDone::wrap(io::stdout())
+    }
+}
+
+/// A writer for which a closed pipe (`EPIPE`) means the reader is done:
+/// that write and every later one succeed without writing anything.
+#[derive(Debug)]
+pub struct ClosedIsDone<W> {
+    out: W,
+    closed: bool,
+}
+
+impl<W: Write> ClosedIsDone<W> {
+    fn wrap(out: W) -> Self {
+        ClosedIsDone { out, closed: false }
+    }
+
+    /// `result`, with a closed pipe noted and turned into `ok`.
+    fn unless_closed<T>(&mut self, result: io::Result<T>, ok: T) -> io::Result<T> {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(ok)
+            }
+            other => other,
+        }
+    }
+}
+
+impl<W: Write> Write for ClosedIsDone<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        let written = self.out.write(buf);
+        self.unless_closed(written, buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let flushed = self.out.flush();
+        self.unless_closed(flushed, ())
+    }
+}
+
+/// Prints the report of a save or load: JSON, or the human report unless
+/// `quiet`; on stderr when stdout carries the stream.
+///
+/// # Errors
+///
+/// When writing fails (a closed stdout is not a failure, see [`Stdout`]).
+pub fn print_report(
+    operation: &str,
+    summary: &str,
+    report: &Report,
+    json: bool,
+    quiet: bool,
+    stdout_is_stream: bool,
+) -> io::Result<()> {
+    let mut out: Box<dyn Write> = if stdout_is_stream {
+        Box::new(io::stderr())
+    } else {
+        Box::new(Stdout::new())
+    };
+    if json {
+        print_json(&mut out, &report_json(operation, report))?;
+    } else if !quiet {
+        write_report(&mut out, summary, report)?;
+    }
+    out.flush()
+}
 
 /// A byte count for people: `512 B`, `4.0 KiB`, `16.0 MiB`.
 pub fn bytes(n: u64) -> String {
@@ -59,7 +143,7 @@ pub fn report_json(operation: &str, report: &Report) -> Value {
 
 /// The human report of a save or load: one summary line, one line per
 /// helper, one per skipped helper.
-pub fn write_report(out: &mut dyn Write, summary: &str, report: &Report) -> std::io::Result<()> {
+pub fn write_report(out: &mut dyn Write, summary: &str, report: &Report) -> io::Result<()> {
     writeln!(out, "{summary} in {}", ms(report.duration))?;
     let width = report
         .helpers
@@ -108,7 +192,7 @@ fn transfer_text(t: &Option<Transfer>) -> String {
 }
 
 /// The human table of `status`.
-pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> std::io::Result<()> {
+pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> io::Result<()> {
     let width = helpers.iter().map(|h| h.id.len()).max().unwrap_or(0).max(6);
     writeln!(
         out,
@@ -140,13 +224,60 @@ pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> std::io::R
 }
 
 /// Prints a JSON document on one line.
-pub fn print_json(out: &mut dyn Write, value: &Value) -> std::io::Result<()> {
+pub fn print_json(out: &mut dyn Write, value: &Value) -> io::Result<()> {
     writeln!(out, "{value}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes `room` bytes, then fails every write with `kind`.
+    struct Pipe {
+        taken: Vec<u8>,
+        room: usize,
+        kind: io::ErrorKind,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.taken.len() >= self.room {
+                return Err(self.kind.into());
+            }
+            let n = buf.len().min(self.room - self.taken.len());
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pipe(room: usize, kind: io::ErrorKind) -> ClosedIsDone<Pipe> {
+        ClosedIsDone::wrap(Pipe {
+            taken: Vec::new(),
+            room,
+            kind,
+        })
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_output_quietly() {
+        let mut out = pipe(4, io::ErrorKind::BrokenPipe);
+        writeln!(out, "helper  connected").unwrap();
+        writeln!(out, "more").unwrap();
+        out.flush().unwrap();
+        assert_eq!(out.out.taken, b"help");
+        assert!(out.closed);
+    }
+
+    #[test]
+    fn other_write_errors_still_fail() {
+        let mut out = pipe(0, io::ErrorKind::StorageFull);
+        let e = writeln!(out, "x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+    }
 
     #[test]
     fn byte_counts() {

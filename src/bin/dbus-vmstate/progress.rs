@@ -9,11 +9,11 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::output;
+use crate::{output, sys};
 
 /// Transfers smaller than this show no progress line.
 const SHOW_FROM_BYTES: u64 = 4 << 20;
@@ -94,18 +94,16 @@ impl Progress {
     }
 }
 
-/// A pipe: (read end, write end), both close-on-exec.
+/// A pipe: (read end, write end), both close-on-exec, as large as the
+/// system lets this user have it.
+///
+/// # Errors
+///
+/// When no pipe can be created.
 pub fn pipe() -> io::Result<(File, File)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded; both descriptors are new and ours alone.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = sys::pipe()?;
     // Best effort: a smaller pipe only means more, smaller copies.
-    // SAFETY: F_SETPIPE_SZ on a pipe we own.
-    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    let _ = sys::set_pipe_size(w.as_fd(), PIPE_BYTES);
     Ok((File::from(r), File::from(w)))
 }
 

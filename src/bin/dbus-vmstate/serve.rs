@@ -10,14 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use async_signal::Signal;
 use dbus_vmstate::control::{self, Server};
-use dbus_vmstate::{coordinator, rt};
-
-use crate::activation;
+use dbus_vmstate::coordinator;
+use futures::future::{self, Either};
 use futures::StreamExt;
 
-use crate::cli::{self, ServeArgs};
+use crate::activation;
+use crate::cli::ServeArgs;
+use crate::exit::{self, Usage};
 use crate::interrupt;
-use crate::run::Usage;
 
 /// How long a clean stop may take before the process ends anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -87,7 +87,7 @@ fn notify(state: &str) {
 }
 
 /// `dbus-vmstate serve`.
-pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     if let Some(id) = args.id_list.iter().find(|id| id.contains('/')) {
         return Err(Usage(format!(
             "helper Id {id:?} cannot name a socket file in --socket-dir (it contains '/')"
@@ -111,6 +111,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         .into());
     }
     create_dir(&args.socket_dir)?;
+    let builder = builder(&args);
+    futures::executor::block_on(serve(builder, passed, &control_path))?;
+    Ok(exit::OK)
+}
+
+/// The coordinator the arguments describe.
+fn builder(args: &ServeArgs) -> coordinator::Builder {
     let mut builder = coordinator::Builder::new()
         .socket_dir(&args.socket_dir, args.id_list.iter().cloned())
         .call_timeout(args.timeout)
@@ -121,44 +128,48 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     for uid in &args.allow_uid {
         builder = builder.allow_uid(*uid);
     }
+    builder
+}
 
-    rt::block_on(async move {
-        // Caught from before the first socket exists, so that a stop
-        // request can never leave socket files behind.
-        let mut signals = interrupt::catch(&[Signal::Term, Signal::Int])
-            .context("cannot install signal handlers")?;
-        let coordinator = builder.bind_with(passed.helpers)?;
-        let sockets: Vec<String> = coordinator
-            .helpers()
-            .map(|h| format!("{}={}", h.id, h.socket.display()))
-            .collect();
-        let server = match passed.control {
-            Some(listener) => Server::from_listener(coordinator, listener)?,
-            None => Server::bind(coordinator, &control_path)?,
-        };
-        let shown = server
-            .path()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "(passed, unnamed)".to_string());
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "ready: control {shown} helpers {}", sockets.join(" "));
-            let _ = out.flush();
-        }
-        tracing::info!(control = %shown, "serving {} helpers", sockets.len());
-        notify("READY=1");
+/// Binds every socket, serves until SIGTERM or SIGINT, and stops cleanly.
+async fn serve(
+    builder: coordinator::Builder,
+    passed: Passed,
+    control_path: &Path,
+) -> anyhow::Result<()> {
+    // Caught from before the first socket exists, so that a stop request
+    // can never leave socket files behind.
+    let mut signals =
+        interrupt::catch(&[Signal::Term, Signal::Int]).context("cannot install signal handlers")?;
+    let coordinator = builder.bind_with(passed.helpers)?;
+    let sockets: Vec<String> = coordinator
+        .helpers()
+        .map(|h| format!("{}={}", h.id, h.socket.display()))
+        .collect();
+    let server = match passed.control {
+        Some(listener) => Server::from_listener(coordinator, listener)?,
+        None => Server::bind(coordinator, control_path)?,
+    };
+    let shown = server
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(passed, unnamed)".to_string());
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ready: control {shown} helpers {}", sockets.join(" "));
+        let _ = out.flush();
+    }
+    tracing::info!(control = %shown, "serving {} helpers", sockets.len());
+    notify("READY=1");
 
-        let signal = signals.next().await;
-        tracing::info!("{}, stopping", describe(signal));
-        notify("STOPPING=1");
-        if rt::timeout(SHUTDOWN_LIMIT, server.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("clean stop took over {SHUTDOWN_LIMIT:?}; exiting anyway");
-        }
-        Ok(cli::EXIT_OK)
-    })
+    let signal = signals.next().await;
+    tracing::info!("{}, stopping", describe(signal));
+    notify("STOPPING=1");
+    let stop = Box::pin(server.shutdown());
+    if let Either::Right(_) = future::select(stop, async_io::Timer::after(SHUTDOWN_LIMIT)).await {
+        tracing::warn!("clean stop took over {SHUTDOWN_LIMIT:?}; exiting anyway");
+    }
+    Ok(())
 }
 
 fn describe(signal: Option<std::io::Result<Signal>>) -> String {

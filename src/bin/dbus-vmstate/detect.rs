@@ -1,0 +1,44 @@
+//! Reading a stream file on its own, for `inspect` and `convert`: telling
+//! its format, and what a stream error means for the exit code.
+
+use std::io::{self, Read};
+
+use anyhow::Context;
+use dbus_vmstate::stream::{self, native, Format};
+
+use crate::exit::Rejected;
+
+/// Reads the first bytes and tells the format, unless it was given;
+/// returns it with a reader of the whole stream, those bytes included.
+///
+/// # Errors
+///
+/// [`Rejected`] when the bytes are no known format; the read error.
+pub fn format(
+    mut input: Box<dyn Read>,
+    given: Option<Format>,
+    name: &str,
+) -> anyhow::Result<(Format, Box<dyn Read>)> {
+    let mut prefix = Vec::with_capacity(native::MAGIC.len());
+    (&mut input)
+        .take(native::MAGIC.len() as u64)
+        .read_to_end(&mut prefix)
+        .with_context(|| format!("cannot read {name}"))?;
+    let format = match given {
+        Some(f) => f,
+        None => Format::detect(&prefix).ok_or_else(|| {
+            Rejected(format!(
+                "{name}: not a state stream (neither the native magic nor a QEMU payload)"
+            ))
+        })?,
+    };
+    Ok((format, Box::new(io::Cursor::new(prefix).chain(input))))
+}
+
+/// A stream error: a rejected stream (exit 1), unless reading failed.
+pub fn read_error(name: &str, e: stream::Error) -> anyhow::Error {
+    match e {
+        stream::Error::Io(e) => anyhow::Error::new(e).context(format!("cannot read {name}")),
+        e => anyhow::Error::new(e).context(Rejected(format!("{name}: state stream rejected"))),
+    }
+}

@@ -1,0 +1,27 @@
+//! `dbus-vmstate status`: the helpers of a running `serve`.
+
+use std::io::Write;
+
+use dbus_vmstate::control::Client;
+
+use crate::cli::StatusArgs;
+use crate::exit;
+use crate::output::{self, Stdout};
+
+/// `dbus-vmstate status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<u8> {
+    let helpers = futures::executor::block_on(async {
+        let client = Client::connect(&args.control).await?;
+        let helpers = client.status().await;
+        client.close().await;
+        helpers
+    })?;
+    let mut out = Stdout::new();
+    if args.json {
+        output::print_json(&mut out, &output::status_json(&helpers))?;
+    } else {
+        output::write_status(&mut out, &helpers)?;
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
