@@ -22,7 +22,7 @@ mod bus_shim;
 mod load;
 pub(crate) mod policy;
 mod save;
-pub mod socket;
+pub(crate) mod socket;
 mod transfer;
 
 use std::path::{Path, PathBuf};
