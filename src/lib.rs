@@ -101,5 +101,6 @@ pub mod helper;
 pub mod iface;
 mod rt;
 pub mod stream;
+mod sys;
 
 pub use error::{Error, Result};

@@ -146,7 +146,7 @@ fn check_dir(id: &str, path: &Path) -> Result<(), Error> {
             ),
         ));
     }
-    let me = super::effective_uid();
+    let me = crate::sys::effective_uid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(fail(
             "unsafe socket directory",
