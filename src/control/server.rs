@@ -35,6 +35,17 @@ const RELEASE_POLL: Duration = Duration::from_millis(5);
 /// Pause after an accept error before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// The step of binding the control socket that failed, with its cause:
+/// [`socket::bind`]'s error without its helper Id (this socket is no
+/// helper's).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+struct BindStep {
+    reason: &'static str,
+    #[source]
+    source: io::Error,
+}
+
 /// Serves a [`Coordinator`] on a control socket.
 ///
 /// Stop it with [`Server::shutdown`], which also cancels a save or load in
@@ -120,12 +131,12 @@ impl Server {
         let (listener, bound) = socket::bind(super::ACTIVATION_NAME, path, None).map_err(|e| {
             let source = match e {
                 Error::Bind { source, reason, .. } => {
-                    io::Error::new(source.kind(), format!("{reason}: {source}"))
+                    io::Error::new(source.kind(), BindStep { reason, source })
                 }
                 Error::SocketInUse { .. } => {
                     io::Error::new(io::ErrorKind::AddrInUse, "a live process listens on it")
                 }
-                other => io::Error::other(other.to_string()),
+                other => io::Error::other(other),
             };
             Error::Io {
                 what: "cannot listen on the control socket",
