@@ -249,12 +249,14 @@ impl Default for Options {
 
 impl Options {
     /// Sets [`Options::connect_timeout`].
+    #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Sets [`Options::streaming`].
+    #[must_use]
     pub fn streaming(mut self, streaming: bool) -> Self {
         self.streaming = streaming;
         self
