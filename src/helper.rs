@@ -422,3 +422,59 @@ pub async fn serve_bus(
     conn.closed().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Mem(Mutex<Vec<u8>>);
+
+    impl State for Mem {
+        fn id(&self) -> &str {
+            "mem"
+        }
+        fn save(&self) -> Result<Vec<u8>, BoxError> {
+            Ok(self.0.lock().map_err(|_| "poisoned")?.clone())
+        }
+        fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
+            *self.0.lock().map_err(|_| "poisoned")? = data;
+            Ok(())
+        }
+    }
+
+    /// Neither side needs the crate's own runtime to drive its futures:
+    /// both run here under `futures::executor`, with deadlines so that a
+    /// hang fails the test.
+    #[test]
+    fn serve_and_the_coordinator_run_under_futures_executor() {
+        let dir = tempfile::Builder::new()
+            .prefix("dv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let deadline = Duration::from_secs(10);
+        let coordinator = crate::coordinator::Builder::new()
+            .socket_dir(dir.path(), ["mem"])
+            .connect_timeout(deadline)
+            .call_timeout(deadline)
+            .bind()
+            .unwrap();
+        let state = Arc::new(Mem(Mutex::new(b"before".to_vec())));
+        let helper = {
+            let (socket, state) = (dir.path().join("mem.sock"), state.clone());
+            let options = Options::default().connect_timeout(deadline);
+            std::thread::spawn(move || futures::executor::block_on(serve(socket, state, options)))
+        };
+        let stream = dir.path().join("helpers.vmstate");
+        futures::executor::block_on(async {
+            coordinator.save_to_path(&stream).await?;
+            *state.0.lock().unwrap() = Vec::new();
+            coordinator.load_from_path(&stream, None).await?;
+            coordinator.shutdown().await;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_eq!(*state.0.lock().unwrap(), b"before");
+        helper.join().unwrap().unwrap();
+    }
+}
