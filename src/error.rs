@@ -166,7 +166,7 @@ pub enum Error {
     Stream(#[from] crate::stream::Error),
 
     /// Writing or reading the stream's file or descriptor failed.
-    #[error("{what} {}", path.as_ref().map(|p| p.display().to_string()).unwrap_or_default())]
+    #[error("{what}{}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Io {
         /// What was being done.
         what: &'static str,
@@ -308,3 +308,25 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_without_a_path_has_no_stray_space() {
+        let e = Error::Io {
+            what: "cannot write the state stream",
+            path: None,
+            source: io::ErrorKind::BrokenPipe.into(),
+        };
+        assert_eq!(e.to_string(), "cannot write the state stream");
+        assert_eq!(chain(&e), "cannot write the state stream: broken pipe");
+        let e = Error::Io {
+            what: "cannot open state stream",
+            path: Some(PathBuf::from("/x/helpers.vmstate")),
+            source: io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(e.to_string(), "cannot open state stream /x/helpers.vmstate");
+    }
+}

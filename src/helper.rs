@@ -12,11 +12,12 @@
 //!
 //! - **plain**: `Save() -> ay` and `Load(ay)` carry the state in one D-Bus
 //!   message, at most 128 MiB. The library calls [`State::save_shared`]
-//!   and [`State::load`].
+//!   (by default [`State::save`]) and [`State::load`].
 //! - **streaming**: `SaveFd(h)` and `LoadFd(h, t)` pass a socket, and the
 //!   state flows through it with no size limit and no D-Bus copies. The
 //!   library calls [`State::save_to`] with the socket as a [`Write`] and
-//!   [`State::load_from`] with it as a [`Read`].
+//!   [`State::load_from`] with it as a [`Read`] (by default they wrap
+//!   [`State::save`] and [`State::load`]).
 //!
 //! Every call runs on a blocking thread pool, never on the D-Bus I/O
 //! thread, so a slow save does not stall the connection.
@@ -44,8 +45,9 @@
 //! # Ok::<(), dbus_vmstate::Error>(())
 //! ```
 //!
-//! A helper with large state implements the streaming pair instead: it
-//! never holds a second copy of its state, on either side.
+//! A helper with large state also implements the streaming pair: on the
+//! streaming path it never holds a second copy of its state, on either
+//! side. `save` and `load` still serve the plain path (QEMU uses it).
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -57,6 +59,12 @@
 //!
 //! impl State for Conntrack {
 //!     fn id(&self) -> &str { "conntrack" }
+//!     fn save(&self) -> Result<Vec<u8>, BoxError> {
+//!         Ok(self.table.lock().unwrap().concat())
+//!     }
+//!     fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
+//!         self.load_from(&mut data.as_slice())
+//!     }
 //!     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
 //!         // Each write goes to the socket: gather small pieces first.
 //!         let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
@@ -118,14 +126,36 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// A helper's migratable state.
 ///
-/// Implement [`State::id`] and either the buffer pair ([`State::save`],
-/// [`State::load`]) or the streaming pair ([`State::save_to`],
-/// [`State::load_from`]): each pair has a default built on the other, so
-/// either gives both paths. Implementing neither of a pair recurses
-/// forever. The streaming pair is the one to implement for large state:
-/// it moves through bounded memory on both sides.
+/// Implement [`State::id`], [`State::save`] and [`State::load`]: they serve
+/// both paths, and the others default to them. The plain `Save` and `Load`
+/// of `org.qemu.VMState1` (what QEMU calls) always use them, so they are
+/// required.
+///
+/// A helper with large state also implements the streaming pair,
+/// [`State::save_to`] and [`State::load_from`], which the coordinator uses
+/// when the helper serves `org.dbusvmstate.Stream1`: the state then moves
+/// through bounded memory on both sides. A helper whose state is already
+/// shared bytes implements [`State::save_shared`] to skip a copy.
 ///
 /// The methods are called on a blocking thread pool; they may block.
+///
+/// Every default is built on the required methods, never on another
+/// default, so a helper that leaves one out does not compile rather than
+/// recursing at run time:
+///
+/// ```compile_fail,E0046
+/// use dbus_vmstate::helper::{BoxError, State};
+/// use std::io::Write;
+///
+/// struct OnlyStreams;
+///
+/// impl State for OnlyStreams {
+///     fn id(&self) -> &str { "only-streams" }
+///     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
+///         Ok(out.write_all(b"state")?)
+///     }
+/// }
+/// ```
 pub trait State: Send + Sync + 'static {
     /// The helper's Id: 1 to 255 bytes of UTF-8 without NUL. It must be the
     /// Id the coordinator expects on this socket.
@@ -137,24 +167,19 @@ pub trait State: Send + Sync + 'static {
     ///
     /// Any error, reported to the coordinator as
     /// `org.dbusvmstate.Error.SaveFailed`.
-    fn save(&self) -> Result<Vec<u8>, BoxError> {
-        let mut out = Vec::new();
-        self.save_to(&mut out)?;
-        Ok(out)
-    }
+    fn save(&self) -> Result<Vec<u8>, BoxError>;
 
-    /// Replaces the state with `data`, which [`State::save`] produced on
-    /// the source.
+    /// Replaces the state with `data`, which [`State::save`] (or
+    /// [`State::save_to`]) produced on the source.
     ///
     /// # Errors
     ///
     /// Any error, reported to the coordinator as
     /// `org.dbusvmstate.Error.LoadFailed`.
-    fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
-        self.load_from(&mut data.as_slice())
-    }
+    fn load(&self, data: Vec<u8>) -> Result<(), BoxError>;
 
-    /// Writes the whole state into `out`.
+    /// Writes the whole state into `out`, for the streaming path. The
+    /// default writes what [`State::save`] returns.
     ///
     /// On the streaming path `out` is the coordinator's socket: every
     /// write goes straight to it, so write large blocks (or the whole
@@ -169,7 +194,9 @@ pub trait State: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Reads the whole state from `input` and replaces the current one.
+    /// Reads the whole state from `input` and replaces the current one,
+    /// for the streaming path. The default reads all of `input` and passes
+    /// it to [`State::load`].
     ///
     /// On the streaming path `input` yields exactly the bytes the source
     /// saved and then end-of-file; a read fails if the coordinator aborts
@@ -222,12 +249,14 @@ impl Default for Options {
 
 impl Options {
     /// Sets [`Options::connect_timeout`].
+    #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Sets [`Options::streaming`].
+    #[must_use]
     pub fn streaming(mut self, streaming: bool) -> Self {
         self.streaming = streaming;
         self
@@ -392,4 +421,60 @@ pub async fn serve_bus(
     tracing::info!(helper = %id, bus = %address, "serving on the bus");
     conn.closed().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Mem(Mutex<Vec<u8>>);
+
+    impl State for Mem {
+        fn id(&self) -> &str {
+            "mem"
+        }
+        fn save(&self) -> Result<Vec<u8>, BoxError> {
+            Ok(self.0.lock().map_err(|_| "poisoned")?.clone())
+        }
+        fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
+            *self.0.lock().map_err(|_| "poisoned")? = data;
+            Ok(())
+        }
+    }
+
+    /// Neither side needs the crate's own runtime to drive its futures:
+    /// both run here under `futures::executor`, with deadlines so that a
+    /// hang fails the test.
+    #[test]
+    fn serve_and_the_coordinator_run_under_futures_executor() {
+        let dir = tempfile::Builder::new()
+            .prefix("dv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let deadline = Duration::from_secs(10);
+        let coordinator = crate::coordinator::Builder::new()
+            .socket_dir(dir.path(), ["mem"])
+            .connect_timeout(deadline)
+            .call_timeout(deadline)
+            .bind()
+            .unwrap();
+        let state = Arc::new(Mem(Mutex::new(b"before".to_vec())));
+        let helper = {
+            let (socket, state) = (dir.path().join("mem.sock"), state.clone());
+            let options = Options::default().connect_timeout(deadline);
+            std::thread::spawn(move || futures::executor::block_on(serve(socket, state, options)))
+        };
+        let stream = dir.path().join("helpers.vmstate");
+        futures::executor::block_on(async {
+            coordinator.save_to_path(&stream).await?;
+            *state.0.lock().unwrap() = Vec::new();
+            coordinator.load_from_path(&stream, None).await?;
+            coordinator.shutdown().await;
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+        assert_eq!(*state.0.lock().unwrap(), b"before");
+        helper.join().unwrap().unwrap();
+    }
 }

@@ -1,5 +1,5 @@
 //! D-Bus names, paths and limits of the helper interfaces, and the
-//! coordinator's calls on them.
+//! coordinator's calls on them (crate-private).
 //!
 //! This module mirrors `protocol/org.qemu.VMState1.xml` and
 //! `protocol/org.dbusvmstate.Stream1.xml`. The first interface is QEMU's
@@ -31,9 +31,6 @@ pub const METHOD_LOAD: &str = "Load";
 /// The standard properties interface, through which `Id` is read.
 pub const PROPERTIES_INTERFACE: &str = "org.freedesktop.DBus.Properties";
 
-/// Prefix of the names this project adds (error names, extension
-/// interfaces). Documented in `protocol/`.
-pub const EXTENSION_PREFIX: &str = "org.dbusvmstate";
 /// Error a helper returns when its state could not be saved.
 pub const ERROR_SAVE_FAILED: &str = "org.dbusvmstate.Error.SaveFailed";
 /// Error a helper returns when the state it was given could not be loaded.
@@ -106,25 +103,19 @@ impl Type for Blob {
     const SIGNATURE: &'static Signature = &Signature::static_array(&Signature::U8);
 }
 
-/// Reads the helper's `Id` property.
+/// Reads the helper's `Id` property. `destination` is the unique name a
+/// bus-style helper was given by the coordinator's `Hello` answer (sd-bus,
+/// for one, ignores calls without a destination on a bus connection);
+/// peer-to-peer helpers need none.
 ///
 /// # Errors
 ///
 /// The call's error, or [`zbus::Error::InvalidReply`] when the value is not
 /// a string.
-pub async fn read_id(conn: &Connection) -> zbus::Result<String> {
-    read_id_at(conn, None).await
-}
-
-/// [`read_id`] with a destination header field: the unique name a
-/// bus-style helper was given by the coordinator's `Hello` answer (sd-bus,
-/// for one, ignores calls without a destination on a bus connection).
-/// Peer-to-peer helpers need none.
-///
-/// # Errors
-///
-/// As [`read_id`].
-pub async fn read_id_at(conn: &Connection, destination: Option<&str>) -> zbus::Result<String> {
+pub(crate) async fn read_id_at(
+    conn: &Connection,
+    destination: Option<&str>,
+) -> zbus::Result<String> {
     let reply = conn
         .call_method(
             destination,
@@ -151,7 +142,7 @@ pub async fn read_id_at(conn: &Connection, destination: Option<&str>) -> zbus::R
 /// # Errors
 ///
 /// When the message cannot be sent (the connection is closed).
-pub async fn announce_peer_to_peer(conn: &Connection) -> zbus::Result<()> {
+pub(crate) async fn announce_peer_to_peer(conn: &Connection) -> zbus::Result<()> {
     let ping = Message::method_call("/", "Ping")
         .interface("org.freedesktop.DBus.Peer")
         .with_flags(zbus::message::Flags::NO_REPLY_EXPECTED)
@@ -162,7 +153,7 @@ pub async fn announce_peer_to_peer(conn: &Connection) -> zbus::Result<()> {
 /// The reply to a `Save` call: its body holds one `ay`, which
 /// [`SaveReply::bytes`] borrows without a copy.
 #[derive(Debug, Clone)]
-pub struct SaveReply(zbus::message::Body);
+pub(crate) struct SaveReply(zbus::message::Body);
 
 impl SaveReply {
     /// Checks that the reply carries exactly one `ay`.
@@ -170,7 +161,7 @@ impl SaveReply {
     /// # Errors
     ///
     /// [`zbus::Error::SignatureMismatch`] for any other body type.
-    pub fn new(reply: &Message) -> zbus::Result<Self> {
+    pub(crate) fn new(reply: &Message) -> zbus::Result<Self> {
         let body = reply.body();
         if body.signature() != <BlobRef<'_> as Type>::SIGNATURE {
             return Err(zbus::Error::SignatureMismatch(
@@ -186,56 +177,36 @@ impl SaveReply {
     /// # Errors
     ///
     /// When the body is malformed.
-    pub fn bytes(&self) -> zbus::Result<&[u8]> {
+    pub(crate) fn bytes(&self) -> zbus::Result<&[u8]> {
         self.0.deserialize::<&[u8]>()
-    }
-
-    /// The body size, an upper bound of the state's size (4 bytes more).
-    pub fn body_len(&self) -> usize {
-        self.0.len()
     }
 }
 
-/// Calls `Save` and returns its checked reply.
+/// Calls `Save` and returns its checked reply. `destination` as for
+/// [`read_id_at`].
 ///
 /// # Errors
 ///
 /// The call's error, or a signature mismatch when the reply is not `ay`.
-pub async fn call_save(conn: &Connection) -> zbus::Result<SaveReply> {
-    call_save_at(conn, None).await
-}
-
-/// [`call_save`] with a destination header field (see [`read_id_at`]).
-///
-/// # Errors
-///
-/// As [`call_save`].
-pub async fn call_save_at(conn: &Connection, destination: Option<&str>) -> zbus::Result<SaveReply> {
+pub(crate) async fn call_save_at(
+    conn: &Connection,
+    destination: Option<&str>,
+) -> zbus::Result<SaveReply> {
     let reply = conn
         .call_method(destination, OBJECT_PATH, Some(INTERFACE), METHOD_SAVE, &())
         .await?;
     SaveReply::new(&reply)
 }
 
-/// Calls `Load` with `data`.
+/// Calls `Load` with `data`. `destination` as for [`read_id_at`]: the
+/// field takes up to 32 bytes of the message, so with one a blob within 32
+/// bytes of [`MAX_LOAD_BLOB_BYTES`] fails with [`zbus::Error::ExcessData`].
 ///
 /// # Errors
 ///
 /// The call's error; [`zbus::Error::ExcessData`] when `data` is over
 /// [`MAX_LOAD_BLOB_BYTES`].
-pub async fn call_load(conn: &Connection, data: &[u8]) -> zbus::Result<()> {
-    call_load_at(conn, None, data).await
-}
-
-/// [`call_load`] with a destination header field (see [`read_id_at`]).
-/// The field takes up to 32 bytes of the message, so a blob within 32
-/// bytes of [`MAX_LOAD_BLOB_BYTES`] fails with
-/// [`zbus::Error::ExcessData`].
-///
-/// # Errors
-///
-/// As [`call_load`].
-pub async fn call_load_at(
+pub(crate) async fn call_load_at(
     conn: &Connection,
     destination: Option<&str>,
     data: &[u8],
@@ -254,7 +225,7 @@ pub async fn call_load_at(
 /// Whether an introspection document lists `interface` on its root node.
 ///
 /// A document that does not parse lists nothing.
-pub fn introspection_lists(xml: &str, interface: &str) -> bool {
+pub(crate) fn introspection_lists(xml: &str, interface: &str) -> bool {
     let options = roxmltree::ParsingOptions {
         allow_dtd: true,
         ..Default::default()
@@ -277,7 +248,10 @@ pub fn introspection_lists(xml: &str, interface: &str) -> bool {
 ///
 /// The call's error (a helper without introspection answers
 /// `UnknownInterface` or `UnknownMethod`), or a non-string reply.
-pub async fn serves_stream(conn: &Connection, destination: Option<&str>) -> zbus::Result<bool> {
+pub(crate) async fn serves_stream(
+    conn: &Connection,
+    destination: Option<&str>,
+) -> zbus::Result<bool> {
     let reply = conn
         .call_method(
             destination,
@@ -301,7 +275,7 @@ pub async fn serves_stream(conn: &Connection, destination: Option<&str>) -> zbus
 /// # Errors
 ///
 /// The call's error, or a reply that is not one `t`.
-pub async fn call_save_fd(
+pub(crate) async fn call_save_fd(
     conn: &Connection,
     destination: Option<&str>,
     fd: BorrowedFd<'_>,
@@ -325,7 +299,7 @@ pub async fn call_save_fd(
 /// # Errors
 ///
 /// The call's error.
-pub async fn call_load_fd(
+pub(crate) async fn call_load_fd(
     conn: &Connection,
     destination: Option<&str>,
     fd: BorrowedFd<'_>,

@@ -44,7 +44,7 @@
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::{Arc, Mutex};
-//! use dbus_vmstate::{coordinator, helper, rt};
+//! use dbus_vmstate::{coordinator, helper};
 //! # struct Mem(Mutex<Vec<u8>>);
 //! # impl helper::State for Mem {
 //! #     fn id(&self) -> &str { "slirp" }
@@ -52,26 +52,29 @@
 //! #     fn load(&self, d: Vec<u8>) -> Result<(), helper::BoxError> { *self.0.lock().unwrap() = d; Ok(()) }
 //! # }
 //! let dir = tempfile::tempdir()?;
-//! rt::block_on(async {
-//!     let coordinator = coordinator::Builder::new()
-//!         .socket_dir(dir.path(), ["slirp"])
-//!         .bind()?;
-//!     // A helper (normally another process) connects to slirp.sock.
-//!     let state = Arc::new(Mem(Mutex::new(b"tables".to_vec())));
-//!     let helper = rt::spawn(helper::serve(
-//!         dir.path().join("slirp.sock"),
-//!         state.clone(),
-//!         helper::Options::default(),
-//!     ));
-//!     let stream = dir.path().join("helpers.vmstate");
+//! let coordinator = coordinator::Builder::new()
+//!     .socket_dir(dir.path(), ["slirp"])
+//!     .bind()?;
+//!
+//! // A helper (normally another process) connects to slirp.sock.
+//! let state = Arc::new(Mem(Mutex::new(b"tables".to_vec())));
+//! let helper = {
+//!     let (socket, state) = (dir.path().join("slirp.sock"), state.clone());
+//!     std::thread::spawn(move || helper::serve_blocking(socket, state, helper::Options::default()))
+//! };
+//!
+//! // Any executor runs the coordinator's futures; this is the plainest.
+//! let stream = dir.path().join("helpers.vmstate");
+//! futures::executor::block_on(async {
 //!     coordinator.save_to_path(&stream).await?;
 //!     *state.0.lock().unwrap() = Vec::new();
 //!     coordinator.load_from_path(&stream, None).await?;
-//!     assert_eq!(*state.0.lock().unwrap(), b"tables");
-//!     coordinator.shutdown().await; // the helper sees its connection close
-//!     helper.await?;
 //!     Ok::<_, dbus_vmstate::Error>(())
 //! })?;
+//! assert_eq!(*state.0.lock().unwrap(), b"tables");
+//!
+//! futures::executor::block_on(coordinator.shutdown()); // the helper sees its connection close
+//! helper.join().expect("helper thread")?;
 //! # Ok(()) }
 //! ```
 //!
@@ -82,9 +85,11 @@
 //!
 //! # Runtime
 //!
-//! The library is async. zbus runs its D-Bus I/O on its own thread; the
-//! few other runtime services (spawning, blocking, timers, accepting) sit in
-//! [`rt`], the one module that names the executor (async-std today).
+//! The library is async, and its futures run under any executor (tokio,
+//! smol, `futures::executor`, as above). zbus runs its D-Bus I/O on its own
+//! thread; the few other runtime services the library needs (spawning,
+//! blocking work, timers, accepting) bring their own threads too, behind
+//! one crate-private module, so nothing has to be driven by the caller.
 
 #![deny(missing_docs)]
 
@@ -94,7 +99,8 @@ pub mod coordinator;
 pub mod error;
 pub mod helper;
 pub mod iface;
-pub mod rt;
+mod rt;
 pub mod stream;
+mod sys;
 
 pub use error::{Error, Result};

@@ -1,11 +1,16 @@
 //! The runtime edge: the only module that names the async runtime.
 //!
+//! Crate-private: the library's public futures run under any executor
+//! (tokio, smol, `futures::executor`), because what they need from a
+//! runtime comes from here, and everything here brings its own threads:
+//! async-std's global executor and blocking pool, and async-io's reactor
+//! and timers. zbus brings its own reactor thread for D-Bus I/O.
+//!
 //! Everything else in the crate is written against [`futures`] and these few
 //! functions, so moving from async-std to another executor (smol, say) is a
-//! change to this file alone. zbus brings its own reactor thread for D-Bus
-//! I/O; this module covers what is left: blocking on a future, spawning
-//! tasks, running blocking work off the async threads, timers, and accepting
-//! on a Unix listener.
+//! change to this file alone: blocking on a future, spawning tasks, running
+//! blocking work off the async threads, timers, and accepting on a Unix
+//! listener.
 
 use std::future::Future;
 use std::io;
@@ -15,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Runs a future to completion on the current thread.
-pub fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     async_std::task::block_on(future)
 }
 
@@ -23,11 +28,11 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 /// the task run on detached; [`Task::cancel`] stops it.
 #[derive(Debug)]
 #[must_use = "dropping a Task detaches it; call cancel() to stop it"]
-pub struct Task<T>(async_std::task::JoinHandle<T>);
+pub(crate) struct Task<T>(async_std::task::JoinHandle<T>);
 
 impl<T: Send + 'static> Task<T> {
     /// Stops the task at its next await point and waits until it is gone.
-    pub async fn cancel(self) {
+    pub(crate) async fn cancel(self) {
         let _ = self.0.cancel().await;
     }
 }
@@ -40,7 +45,7 @@ impl<T> Future for Task<T> {
 }
 
 /// Spawns a future on the shared executor.
-pub fn spawn<F, T>(future: F) -> Task<T>
+pub(crate) fn spawn<F, T>(future: F) -> Task<T>
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
@@ -49,7 +54,7 @@ where
 }
 
 /// Runs blocking or CPU-heavy work on a thread pool and awaits its result.
-pub async fn spawn_blocking<F, T>(f: F) -> T
+pub(crate) async fn spawn_blocking<F, T>(f: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
@@ -59,27 +64,30 @@ where
 
 /// The deadline of [`timeout`] passed before the future finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Elapsed;
+pub(crate) struct Elapsed;
 
 /// Awaits `future`, giving up after `duration`.
 ///
 /// # Errors
 ///
 /// [`Elapsed`] when the duration passed first; the future is dropped.
-pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
+pub(crate) async fn timeout<F: Future>(
+    duration: Duration,
+    future: F,
+) -> Result<F::Output, Elapsed> {
     async_std::future::timeout(duration, future)
         .await
         .map_err(|_| Elapsed)
 }
 
 /// Sleeps for `duration` without blocking a thread.
-pub async fn sleep(duration: Duration) {
+pub(crate) async fn sleep(duration: Duration) {
     async_std::task::sleep(duration).await
 }
 
 /// A listening Unix socket whose `accept` can be awaited.
 #[derive(Debug)]
-pub struct Listener(async_io::Async<UnixListener>);
+pub(crate) struct Listener(async_io::Async<UnixListener>);
 
 impl Listener {
     /// Registers a bound, listening socket with the reactor (it is switched
@@ -88,7 +96,7 @@ impl Listener {
     /// # Errors
     ///
     /// When the socket cannot be registered.
-    pub fn new(listener: UnixListener) -> io::Result<Self> {
+    pub(crate) fn new(listener: UnixListener) -> io::Result<Self> {
         async_io::Async::new(listener).map(Listener)
     }
 
@@ -98,13 +106,8 @@ impl Listener {
     /// # Errors
     ///
     /// The `accept(2)` error, e.g. `EMFILE` when out of file descriptors.
-    pub async fn accept(&self) -> io::Result<UnixStream> {
+    pub(crate) async fn accept(&self) -> io::Result<UnixStream> {
         let (stream, _) = self.0.read_with(|l| l.accept()).await?;
         Ok(stream)
-    }
-
-    /// The std listener.
-    pub fn get_ref(&self) -> &UnixListener {
-        self.0.get_ref()
     }
 }

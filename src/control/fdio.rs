@@ -4,11 +4,13 @@
 use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use crate::sys::{self, Ready};
 
 /// Which way a passed descriptor is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,27 +28,15 @@ pub(super) enum Direction {
 ///
 /// A message saying what is wrong.
 pub(super) fn check_access(fd: &impl AsFd, direction: Direction) -> Result<(), String> {
-    // SAFETY: F_GETFL on a descriptor we own borrows nothing and changes
-    // nothing.
-    let flags = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(format!(
-            "cannot query the file descriptor: {}",
-            io::Error::last_os_error()
-        ));
-    }
-    let mode = flags & libc::O_ACCMODE;
-    let ok = match direction {
-        Direction::Write => mode == libc::O_WRONLY || mode == libc::O_RDWR,
-        Direction::Read => mode == libc::O_RDONLY || mode == libc::O_RDWR,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(match direction {
-            Direction::Write => "the file descriptor is not open for writing".to_string(),
-            Direction::Read => "the file descriptor is not open for reading".to_string(),
-        })
+    let access = sys::access(fd).map_err(|e| format!("cannot query the file descriptor: {e}"))?;
+    match direction {
+        Direction::Write if !access.write => {
+            Err("the file descriptor is not open for writing".to_string())
+        }
+        Direction::Read if !access.read => {
+            Err("the file descriptor is not open for reading".to_string())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -93,26 +83,6 @@ impl Passed {
     pub fn bytes_written(&self) -> u64 {
         self.written
     }
-
-    /// Waits until the descriptor is ready for `events`.
-    fn wait(&self, events: libc::c_short) -> io::Result<()> {
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: one valid pollfd, for a descriptor we own.
-            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if n >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
 }
 
 impl Read for Passed {
@@ -120,7 +90,9 @@ impl Read for Passed {
         loop {
             self.cut_off.check()?;
             match self.file.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLIN)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sys::wait(&self.file, Ready::Read)?
+                }
                 other => return other,
             }
         }
@@ -132,7 +104,9 @@ impl Write for Passed {
         loop {
             self.cut_off.check()?;
             match self.file.write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(libc::POLLOUT)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    sys::wait(&self.file, Ready::Write)?
+                }
                 Ok(n) => {
                     self.written += n as u64;
                     return Ok(n);

@@ -96,12 +96,14 @@ impl Default for SaveOptions {
 
 impl SaveOptions {
     /// Sets [`SaveOptions::format`].
+    #[must_use]
     pub fn format(mut self, format: Format) -> Self {
         self.format = format;
         self
     }
 
     /// Sets [`SaveOptions::connect_timeout`].
+    #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self
@@ -121,12 +123,14 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// Sets [`LoadOptions::format`].
+    #[must_use]
     pub fn format(mut self, format: Format) -> Self {
         self.format = Some(format);
         self
     }
 
     /// Sets [`LoadOptions::connect_timeout`].
+    #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
         self

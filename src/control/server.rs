@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +25,7 @@ use crate::error::Error;
 use crate::iface;
 use crate::rt;
 use crate::stream::Format;
+use crate::sys;
 
 /// How long [`Server::shutdown`] waits for a status call to let go of the
 /// coordinator before dropping it instead of shutting it down.
@@ -34,6 +34,17 @@ const RELEASE_WAIT: Duration = Duration::from_secs(1);
 const RELEASE_POLL: Duration = Duration::from_millis(5);
 /// Pause after an accept error before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The step of binding the control socket that failed, with its cause:
+/// [`socket::bind`]'s error without its helper Id (this socket is no
+/// helper's).
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+struct BindStep {
+    reason: &'static str,
+    #[source]
+    source: io::Error,
+}
 
 /// Serves a [`Coordinator`] on a control socket.
 ///
@@ -120,12 +131,12 @@ impl Server {
         let (listener, bound) = socket::bind(super::ACTIVATION_NAME, path, None).map_err(|e| {
             let source = match e {
                 Error::Bind { source, reason, .. } => {
-                    io::Error::new(source.kind(), format!("{reason}: {source}"))
+                    io::Error::new(source.kind(), BindStep { reason, source })
                 }
                 Error::SocketInUse { .. } => {
                     io::Error::new(io::ErrorKind::AddrInUse, "a live process listens on it")
                 }
-                other => io::Error::other(other.to_string()),
+                other => io::Error::other(other),
             };
             Error::Io {
                 what: "cannot listen on the control socket",
@@ -159,7 +170,7 @@ impl Server {
             path: path.clone(),
             source,
         })?;
-        let euid = crate::coordinator::effective_uid();
+        let euid = sys::effective_uid();
         let shared = Arc::new(Shared {
             coordinator: Mutex::new(Some(Arc::new(coordinator))),
             op: Mutex::new(Op::default()),
@@ -264,35 +275,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: rt::Listener) {
     }
 }
 
-/// The peer's uid and pid (`SO_PEERCRED`), read before any D-Bus byte.
-fn peer_credentials(stream: &UnixStream) -> io::Result<(u32, i32)> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        Ok((cred.uid, cred.pid))
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Checks a new control connection's uid, handshakes, serves the control
 /// object on it until it closes.
 async fn admit(shared: Arc<Shared>, stream: UnixStream) {
-    let (uid, pid) = match peer_credentials(&stream) {
+    // Read before any D-Bus byte: a stranger gets no handshake at all.
+    let (uid, pid) = match sys::peer_credentials(&stream) {
         Ok(creds) => creds,
         Err(e) => {
             tracing::warn!(error = %e, "control socket: cannot read peer credentials");

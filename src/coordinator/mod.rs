@@ -22,7 +22,7 @@ mod bus_shim;
 mod load;
 pub(crate) mod policy;
 mod save;
-pub mod socket;
+pub(crate) mod socket;
 mod transfer;
 
 use std::path::{Path, PathBuf};
@@ -301,8 +301,7 @@ impl Builder {
 
 /// The effective uid of this process.
 pub(crate) fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::effective_uid()
 }
 
 /// A helper's connection, closed when the last user lets go of it: a

@@ -12,10 +12,10 @@ use crate::error::Error;
 
 /// Longest socket path the kernel accepts (`sun_path` is 108 bytes,
 /// including the terminating NUL).
-pub const MAX_SOCKET_PATH_BYTES: usize = 107;
+pub(crate) const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// Mode of every socket file the coordinator creates.
-pub const SOCKET_MODE: u32 = 0o600;
+pub(crate) const SOCKET_MODE: u32 = 0o600;
 
 /// Connections that may wait in the kernel's accept queue.
 const LISTEN_BACKLOG: i32 = 16;
@@ -25,20 +25,13 @@ const LISTEN_BACKLOG: i32 = 16;
 /// change time, still a socket): a file that another process put there
 /// since is left alone.
 #[derive(Debug)]
-pub struct BoundPath {
+pub(crate) struct BoundPath {
     path: PathBuf,
     identity: (u64, u64, i64, i64),
 }
 
 fn identity(meta: &std::fs::Metadata) -> (u64, u64, i64, i64) {
     (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
-}
-
-impl BoundPath {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for BoundPath {
@@ -62,7 +55,7 @@ impl Drop for BoundPath {
 /// # Errors
 ///
 /// [`Error::SocketInUse`] for a live listener, [`Error::Bind`] otherwise.
-pub fn bind(
+pub(crate) fn bind(
     id: &str,
     path: &Path,
     owner: Option<(u32, Option<u32>)>,
@@ -113,7 +106,7 @@ pub fn bind(
 }
 
 /// Mode of socket directories the coordinator creates.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// Makes sure the directory holding a socket is safe: created 0700 when
 /// missing; refused when another user owns it or when it is group- or
@@ -153,7 +146,7 @@ fn check_dir(id: &str, path: &Path) -> Result<(), Error> {
             ),
         ));
     }
-    let me = super::effective_uid();
+    let me = crate::sys::effective_uid();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(fail(
             "unsafe socket directory",

@@ -11,6 +11,8 @@ use std::os::fd::OwnedFd;
 
 use socket2::{SockRef, Socket};
 
+use crate::sys;
+
 /// A passed descriptor: a stream socket (what this crate's coordinator
 /// passes) or anything else that reads and writes, such as a pipe.
 #[derive(Debug)]
@@ -33,14 +35,14 @@ impl End {
             socket.set_nonblocking(false)?;
             Ok(End::Socket(socket))
         } else {
-            clear_nonblocking(&fd)?;
+            sys::set_blocking(&fd)?;
             Ok(End::Other(File::from(fd)))
         }
     }
 
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            End::Socket(s) => s.send_with_flags(buf, libc::MSG_NOSIGNAL),
+            End::Socket(s) => sys::send_nosignal(s, buf),
             End::Other(f) => (&*f).write(buf),
         }
     }
@@ -51,25 +53,6 @@ impl End {
             End::Other(f) => (&*f).read(buf),
         }
     }
-}
-
-fn clear_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let raw = fd.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this function borrows; F_GETFL and
-    // F_SETFL take and return plain integers.
-    unsafe {
-        let flags = libc::fcntl(raw, libc::F_GETFL);
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if flags & libc::O_NONBLOCK != 0
-            && libc::fcntl(raw, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// What [`State::save_to`](super::State::save_to) writes into on the
@@ -98,7 +81,7 @@ impl FdWriter {
                 Ok(()) => {}
                 // The coordinator already closed its end; what it read is
                 // for it to judge.
-                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                 Err(e) => return Err(e),
             }
         }
@@ -296,13 +279,7 @@ mod tests {
     }
 
     fn pipe() -> (File, OwnedFd) {
-        use std::os::fd::FromRawFd;
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two-element array with new descriptors
-        // that nothing else owns.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(rc, 0);
-        // SAFETY: both descriptors were just created and are owned here.
-        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        let (rx, tx) = crate::sys::pipe().unwrap();
+        (File::from(rx), tx)
     }
 }

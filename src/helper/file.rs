@@ -27,13 +27,31 @@ impl FileState {
         }
     }
 
-    fn read_error(&self, e: io::Error) -> BoxError {
-        format!("cannot read state file {}: {e}", self.path.display()).into()
+    fn read_error(&self, source: io::Error) -> BoxError {
+        Box::new(FileError {
+            what: "cannot read state file",
+            path: self.path.clone(),
+            source,
+        })
     }
 
-    fn replace_error(&self, e: io::Error) -> BoxError {
-        format!("cannot replace state file {}: {e}", self.path.display()).into()
+    fn replace_error(&self, source: io::Error) -> BoxError {
+        Box::new(FileError {
+            what: "cannot replace state file",
+            path: self.path.clone(),
+            source,
+        })
     }
+}
+
+/// A [`FileState`] could not read or replace its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}", path.display())]
+struct FileError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
 }
 
 impl State for FileState {

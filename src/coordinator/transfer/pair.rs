@@ -7,6 +7,8 @@ use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Socket, Type};
 
+use crate::sys;
+
 /// Send buffer asked for on both ends, so each wake-up of the reading side
 /// finds up to this much data waiting. The kernel caps it at
 /// `net.core.wmem_max`.
@@ -58,15 +60,9 @@ pub(crate) fn abort(end: &Socket) {
 pub(crate) fn fill(end: &Socket, buf: &mut Vec<u8>, want: usize) -> io::Result<bool> {
     let target = want.min(buf.capacity());
     while buf.len() < target {
-        let len = buf.len();
-        let spare = &mut buf.spare_capacity_mut()[..target - len];
-        match end.recv(spare) {
+        match sys::recv_append(end, buf, target - buf.len()) {
             Ok(0) => return Ok(true),
-            Ok(n) => {
-                // SAFETY: recv initialized the first n bytes of the spare
-                // capacity, and n <= target - len.
-                unsafe { buf.set_len(len + n) };
-            }
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -82,7 +78,7 @@ pub(crate) fn fill(end: &Socket, buf: &mut Vec<u8>, want: usize) -> io::Result<b
 /// `send(2)`'s error.
 pub(crate) fn send_all(end: &Socket, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        match end.send_with_flags(data, libc::MSG_NOSIGNAL) {
+        match sys::send_nosignal(end, data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
