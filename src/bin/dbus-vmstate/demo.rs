@@ -100,6 +100,10 @@ impl State for DemoState {
         &self.id
     }
 
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.current()?.to_vec())
+    }
+
     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
         out.write_all(&self.current()?)?;
         Ok(())

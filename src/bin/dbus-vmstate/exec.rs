@@ -50,6 +50,18 @@ impl State for ExecState {
         &self.id
     }
 
+    // The command's output is the state, of any size: both pairs go through
+    // the streaming methods.
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        let mut state = Vec::new();
+        self.save_to(&mut state)?;
+        Ok(state)
+    }
+
+    fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
+        self.load_from(&mut data.as_slice())
+    }
+
     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
         let cmd = self
             .save_cmd
