@@ -20,30 +20,13 @@ use futures::channel::oneshot;
 use futures::future::join_all;
 
 use super::transfer::{self, pool::Pool, Mode};
-use super::{policy, HelperReport, Inner, Peer, Skipped, Transfer};
+use super::{policy, HelperReport, Inner, LoadReport, Peer, Skipped, Transfer};
 use crate::error::{Call, Error};
 use crate::iface;
 use crate::rt;
 use crate::stream::{native, Format, Limits, Record};
 use dispatch::{Route, Routes, FEED_QUEUE_CHUNKS};
 use verify::{Keep, Verified};
-
-/// What a load did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LoadReport {
-    /// The stream's format.
-    pub format: Format,
-    /// The helpers loaded, in configuration order.
-    pub helpers: Vec<HelperReport>,
-    /// Optional helpers left out.
-    pub skipped: Vec<Skipped>,
-    /// From the first `Load` call to the last reply.
-    pub duration: Duration,
-    /// The first pass: reading and verifying the whole stream, before any
-    /// `Load`.
-    pub verification: Duration,
-}
 
 fn limits(inner: &Inner) -> Limits {
     Limits {

@@ -14,13 +14,13 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::transfer::{self, pool::Pool, Mode};
-use super::{HelperReport, Inner, Peer, Skipped, Transfer};
+use super::{HelperReport, Inner, Peer, SaveReport, Skipped, Transfer};
 use crate::atomic::AtomicFile;
 use crate::error::{Call, Error};
 use crate::iface;
@@ -31,20 +31,6 @@ use writer::{Msg, WRITE_STREAM};
 /// Chunk buffers in flight beyond one per streaming helper: how far the
 /// helpers may run ahead of the output, in [`native::CHUNK_BYTES`] units.
 const SPARE_CHUNKS: usize = 4;
-
-/// What a save did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SaveReport {
-    /// The helpers saved, in the order they finished.
-    pub helpers: Vec<HelperReport>,
-    /// Optional helpers left out.
-    pub skipped: Vec<Skipped>,
-    /// Bytes of the whole stream.
-    pub stream_bytes: u64,
-    /// From the first `Save` call to the last byte written.
-    pub duration: Duration,
-}
 
 pub(super) async fn save<W>(inner: &Inner, out: W) -> Result<(W, SaveReport), Error>
 where
