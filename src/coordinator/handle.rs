@@ -136,14 +136,7 @@ impl Coordinator {
     /// [`Error::NotConnected`] (or [`Error::Several`]) naming the helpers
     /// still missing after `timeout`.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
-        let required: Vec<usize> = (0..self.inner.slots.len())
-            .filter(|&i| self.inner.slots[i].spec.required)
-            .collect();
-        let missing = self.inner.wait_connected(&required, timeout).await;
-        match Error::from_many(self.inner.not_connected(&missing, timeout)) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.inner.require(&self.inner.required(), timeout).await
     }
 
     /// Saves every connected helper into a native state stream written to

@@ -20,11 +20,13 @@
 mod accept;
 mod builder;
 mod bus_shim;
+mod call;
 mod handle;
 mod load;
 mod peer;
 pub(crate) mod policy;
 mod report;
+mod round;
 mod save;
 mod shared;
 pub mod socket;

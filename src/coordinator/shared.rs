@@ -74,9 +74,41 @@ impl Inner {
         self.changed.notify(usize::MAX);
     }
 
+    /// The slots of the required helpers.
+    pub fn required(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].spec.required)
+            .collect()
+    }
+
+    /// Waits up to `timeout` until every slot in `wanted` has a peer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotConnected`] (or [`Error::Several`]) naming each helper
+    /// still missing then.
+    pub async fn require(&self, wanted: &[usize], timeout: Duration) -> Result<(), Error> {
+        let missing = self.wait_connected(wanted, timeout).await;
+        let errors = missing
+            .iter()
+            .map(|&i| {
+                let slot = &self.slots[i];
+                Error::NotConnected {
+                    id: slot.spec.id.clone(),
+                    timeout,
+                    last_rejection: slot.state().last_rejection.clone(),
+                }
+            })
+            .collect();
+        match Error::from_many(errors) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until every slot in `wanted` has a peer, or the deadline.
     /// Returns the slots still missing (empty on success).
-    pub async fn wait_connected(&self, wanted: &[usize], timeout: Duration) -> Vec<usize> {
+    async fn wait_connected(&self, wanted: &[usize], timeout: Duration) -> Vec<usize> {
         let deadline = Instant::now() + timeout;
         loop {
             let listener = self.changed.listen();
@@ -91,20 +123,5 @@ impl Inner {
             }
             let _ = crate::rt::timeout(deadline - now, listener).await;
         }
-    }
-
-    /// [`Error::NotConnected`] for each of `missing`.
-    pub fn not_connected(&self, missing: &[usize], timeout: Duration) -> Vec<Error> {
-        missing
-            .iter()
-            .map(|&i| {
-                let slot = &self.slots[i];
-                Error::NotConnected {
-                    id: slot.spec.id.clone(),
-                    timeout,
-                    last_rejection: slot.state().last_rejection.clone(),
-                }
-            })
-            .collect()
     }
 }
