@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::AbortHandle;
@@ -23,8 +23,16 @@ use crate::stream;
 #[derive(Debug)]
 pub struct Coordinator {
     inner: Arc<Inner>,
-    accept_tasks: Vec<AbortHandle>,
-    bound: Vec<socket::BoundPath>,
+    /// Emptied by the first shutdown.
+    accept_tasks: Mutex<Vec<AbortHandle>>,
+    /// The socket files this coordinator bound; removed when dropped.
+    bound: Mutex<Vec<socket::BoundPath>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update under these locks is one `take`, so a poisoned lock
+    // still holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Coordinator {
@@ -97,8 +105,8 @@ impl Coordinator {
         }
         Ok(Coordinator {
             inner,
-            accept_tasks,
-            bound,
+            accept_tasks: Mutex::new(accept_tasks),
+            bound: Mutex::new(bound),
         })
     }
 
@@ -272,22 +280,28 @@ impl Coordinator {
 
     /// Stops accepting, closes every helper connection and removes the
     /// socket files.
-    pub async fn shutdown(mut self) {
-        let peers = self.stop();
-        for conn in peers {
+    ///
+    /// A save or load running meanwhile fails, as its helpers'
+    /// connections close (see [the coordinator's
+    /// docs](crate::coordinator#concurrency)). Shutting down again, or
+    /// while another shutdown runs, does nothing and returns at once;
+    /// dropping the coordinator afterwards is fine.
+    pub async fn shutdown(&self) {
+        for conn in self.stop() {
             conn.close_now().await;
         }
-        self.bound.clear();
+        // Dropping the guards removes the files.
+        drop(std::mem::take(&mut *lock(&self.bound)));
     }
 
     /// Stops the accept tasks and takes every peer out; returns their
-    /// connections for closing.
-    fn stop(&mut self) -> Vec<Arc<PeerConn>> {
+    /// connections for closing. Does nothing the second time.
+    fn stop(&self) -> Vec<Arc<PeerConn>> {
         self.inner.stopping.store(true, Ordering::Release);
-        for task in self.accept_tasks.drain(..) {
+        for task in std::mem::take(&mut *lock(&self.accept_tasks)) {
             task.abort();
         }
-        let peers = self
+        let peers: Vec<_> = self
             .inner
             .slots
             .iter()
@@ -298,7 +312,6 @@ impl Coordinator {
         peers
     }
 }
-
 impl Drop for Coordinator {
     fn drop(&mut self) {
         let peers = self.stop();
@@ -311,5 +324,121 @@ impl Drop for Coordinator {
             }));
         }
         // `bound` drops after this and removes the socket files.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::coordinator::Builder;
+    use crate::helper::{self, BoxError};
+    use crate::rt;
+
+    /// Every test's deadline, so that a hang fails instead of stalling.
+    const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+    struct Tiny;
+
+    impl helper::State for Tiny {
+        fn id(&self) -> &str {
+            "a"
+        }
+        fn save(&self) -> Result<Vec<u8>, BoxError> {
+            Ok(vec![1, 2, 3])
+        }
+        fn load(&self, _data: Vec<u8>) -> Result<(), BoxError> {
+            Ok(())
+        }
+    }
+
+    /// A coordinator expecting helper "a" in a fresh directory, with that
+    /// helper connected; returns the helper's task too, which ends when
+    /// its connection closes.
+    async fn connected(dir: &tempfile::TempDir) -> (Coordinator, PathBuf, rt::Task<()>) {
+        let c = Builder::new()
+            .socket_dir(dir.path(), ["a"])
+            .bind()
+            .expect("bind");
+        let socket = dir.path().join("a.sock");
+        assert!(socket.exists());
+        let served = helper::serve(socket.clone(), Arc::new(Tiny), helper::Options::default());
+        let task = rt::spawn(async move { served.await.expect("helper") });
+        c.wait_connected(TEST_TIMEOUT)
+            .await
+            .expect("helper connects");
+        (c, socket, task)
+    }
+
+    fn run(test: impl std::future::Future<Output = ()>) {
+        rt::block_on(rt::timeout(TEST_TIMEOUT, test)).expect("test timed out");
+    }
+
+    #[test]
+    fn shutting_down_twice_does_nothing_the_second_time() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (c, socket, helper) = connected(&dir).await;
+            c.shutdown().await;
+            assert!(!socket.exists(), "socket file left behind");
+            assert!(!c.status()[0].connected);
+            // The helper sees its connection close.
+            helper.await;
+            let again = Instant::now();
+            c.shutdown().await;
+            assert!(again.elapsed() < Duration::from_secs(1));
+            drop(c);
+        });
+    }
+
+    #[test]
+    fn concurrent_shutdowns_both_return() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (c, socket, helper) = connected(&dir).await;
+            futures::join!(c.shutdown(), c.shutdown());
+            assert!(!socket.exists());
+            helper.await;
+        });
+    }
+
+    #[test]
+    fn drop_after_shutdown_is_fine() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (c, socket, helper) = connected(&dir).await;
+            c.shutdown().await;
+            drop(c);
+            assert!(!socket.exists());
+            helper.await;
+        });
+    }
+
+    #[test]
+    fn drop_alone_still_cleans_up() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (c, socket, helper) = connected(&dir).await;
+            drop(c);
+            assert!(!socket.exists(), "socket file left behind");
+            helper.await;
+        });
+    }
+
+    #[test]
+    fn a_save_after_shutdown_fails() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let c = Builder::new()
+                .socket_dir(dir.path(), ["a"])
+                .connect_timeout(Duration::from_millis(50))
+                .bind()
+                .expect("bind");
+            c.shutdown().await;
+            let err = c.save(Vec::new()).await.expect_err("saved after shutdown");
+            assert!(matches!(err, Error::NotConnected { .. }), "{err}");
+        });
     }
 }
