@@ -198,21 +198,10 @@ impl Coordinator {
     /// stream that fails verification calls no `Load` at all. `format`
     /// `None` detects the format from the first bytes.
     ///
-    /// **Memory.** Verifying first and yet not holding the state in memory
-    /// takes two passes over a native stream: the first verifies it
-    /// keeping only a summary, the second streams each helper's chunks to
-    /// it as they come (through `LoadFd` for helpers that serve
-    /// `org.dbusvmstate.Stream1`; collected into one `Load` message for
-    /// the others). `input` here is read once, so it is first copied to a
-    /// spool: memory up to 8 MiB, then an unlinked temporary file in
-    /// `$TMPDIR`. [`Coordinator::load_seekable`] and
-    /// [`Coordinator::load_from_path`] read a seekable input twice instead
-    /// and spool nothing. A QEMU payload (at most 1 MiB per helper) is
-    /// decoded into memory.
-    ///
-    /// The second pass checks every record again; should the input differ
-    /// from the first pass, the load fails and a streaming helper's socket
-    /// is closed before its last byte, so it never sees a complete state.
+    /// `input` is read once, so a native stream is spooled for its second
+    /// pass (memory, then a temporary file); see [Loading](crate::coordinator#loading)
+    /// for the two passes and [`Coordinator::load_seekable`] for an input
+    /// read twice instead.
     ///
     /// # Errors
     ///

@@ -16,6 +16,158 @@
 //! coordinator.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! The pieces: a [`Builder`] names the helpers ([`HelperSpec`]) and the
+//! limits, and binds a [`Coordinator`], whose [`save`](Coordinator::save)
+//! and [`load`](Coordinator::load) return a [`SaveReport`] or a
+//! [`LoadReport`] made of one [`HelperReport`] per helper (its
+//! [`Transfer`] and [`Mode`]) and the optional helpers [`Skipped`];
+//! [`status`](Coordinator::status) returns a [`HelperStatus`] per helper.
+//! [`socket`] is how the sockets are bound and removed.
+//!
+//! # Loading
+//!
+//! A load verifies the whole stream before it calls any helper, and yet
+//! does not hold the states in memory. That takes two passes over a native
+//! stream:
+//!
+//! 1. The *first pass* reads and verifies everything: the format, every
+//!    checksum, every required helper present, no unknown or duplicate Id,
+//!    every state of a helper without `org.dbusvmstate.Stream1` within one
+//!    D-Bus message. It keeps a summary (each state's Id and size), and the
+//!    states of the helpers known to take the plain path, which go into one
+//!    `Load` message anyway. A stream that fails here calls no `Load` at
+//!    all.
+//! 2. The *second pass* reads the stream again and hands each helper its
+//!    state as it comes, all helpers at once: chunk by chunk through
+//!    `LoadFd` to a streaming helper, collected into one `Load` message for
+//!    a plain one. It checks every record again.
+//!
+//! Where the second pass reads from depends on the input. A seekable input
+//! ([`Coordinator::load_seekable`], [`Coordinator::load_from_path`] on a
+//! regular file) is read twice from its current position, and nothing is
+//! spooled. Any other input ([`Coordinator::load`], a pipe, a FIFO) is
+//! copied to a spool while the first pass reads it: memory up to 8 MiB,
+//! then an unlinked temporary file in `$TMPDIR`; the second pass reads the
+//! spool. A QEMU payload (at most 1 MiB per helper) is decoded into memory
+//! by the first pass and needs no second.
+//!
+//! Each streaming helper's last byte is held back until the second pass
+//! has verified that state's `END` record again. Should the input differ
+//! from what the first pass saw, the load fails and the helper's socket is
+//! closed a byte short, so that it never sees a complete state it should
+//! not load.
+//!
+//! # Concurrency
+//!
+//! The coordinator's futures run on whatever executor awaits them; what
+//! blocks runs on threads. Here is everything that runs, what it owns, how
+//! the pieces talk and how they stop.
+//!
+//! **Tasks** (spawned on the runtime behind [`crate::rt`]):
+//!
+//! - An *accept task* per helper socket, from [`Builder::bind`] until
+//!   shutdown, which aborts it. It owns the listening socket and spawns an
+//!   admit task per connection.
+//! - An *admit task* per accepted connection: the D-Bus handshake, the
+//!   peer's uid and `Id` (all within the handshake timeout), the
+//!   introspection that tells whether it streams; then it installs the
+//!   connection in the helper's slot (replacing an older one) and waits
+//!   for the connection to close, when it empties the slot if that still
+//!   holds this connection. A connection turned away leaves its reason in
+//!   [`HelperStatus::last_rejection`].
+//! - Short-lived ones: closing a connection that nobody holds any more, and
+//!   noting when a bus-style helper's `Hello` reply has gone out.
+//!
+//! A save or a load spawns no task: its own future makes every helper's
+//! calls, all at once, and holds each helper's connection for its
+//! duration, so a helper that reconnects meanwhile does not close the
+//! connection under a running call.
+//!
+//! **Threads:**
+//!
+//! - zbus's `zruntime` thread, one per process (with its small `zruntime
+//!   blocking` pool): all D-Bus I/O of every helper connection, including
+//!   (de)serialising the plain states, one message at a time, and the
+//!   `org.freedesktop.DBus` answers each connection serves to bus-style
+//!   helpers.
+//! - The *writer thread* (`vmstate-writer`), one per save: owns the output,
+//!   the stream encoder and the temporary files staging optional streaming
+//!   helpers' states; the only code that writes the stream.
+//! - The *blocking pool* (`rt::spawn_blocking`; async-std's, up to 500
+//!   threads) runs the rest:
+//!   - a *reader* per streaming helper during a save, owning the
+//!     coordinator's end of that helper's socket pair: it fills pool
+//!     buffers from it and sends them to the writer;
+//!   - a load's *first pass*, owning the input and the spool;
+//!   - a load's *second pass*, owning the input (or spool) again and the
+//!     sending side of every helper's route;
+//!   - a *feeder* per streaming helper during a load, owning the
+//!     coordinator's end of that helper's socket pair: it writes the chunks
+//!     handed to it, holding back the last byte ([see](#loading));
+//!   - joining the writer thread, and the sync and rename of
+//!     [`Coordinator::save_to_path`].
+//!
+//! **Channels and their bounds:**
+//!
+//! - Save, every helper to the writer: one `std::sync::mpsc` channel of
+//!   messages (a streamed state's begin, chunks, end or abort; a whole plain
+//!   reply; finish). It is unbounded, but a chunk is a buffer from a pool of
+//!   one buffer per streaming helper plus 4, each one stream chunk
+//!   (`stream::native::CHUNK_BYTES`), so a reader waits for a buffer while
+//!   the writer is behind; a plain reply is one per plain helper, at most
+//!   one D-Bus message.
+//! - Load, the second pass to each feeder: a `sync_channel` of 4 chunks,
+//!   from a pool of 5 buffers per streaming helper plus 1, so a slow helper
+//!   holds up the others only once its queue is full. To each plain helper:
+//!   a oneshot channel with its whole state (at most one D-Bus message),
+//!   sent at its `END`, when its `Load` starts.
+//! - Flags: `stop`, raised by the writer thread when the output fails, which
+//!   makes every reader give up; `cancelled`, raised for one reader when its
+//!   helper's save is given up.
+//! - Each helper's slot (its connection and last transfers) is a mutex held
+//!   for single assignments only; an event wakes whoever waits for helpers
+//!   whenever one connects or disconnects, and on shutdown.
+//!
+//! **How a cancellation travels:**
+//!
+//! - *A save future dropped:* each streaming helper's socket pair is shut
+//!   down and its reader told to give up; the helper's writes fail. Plain
+//!   `Save` calls are abandoned (their replies are dropped when they
+//!   come). The writer, left without senders and without a finish message,
+//!   stops without writing the end record, so the partial stream is
+//!   rejected by every reader.
+//! - *A load future dropped:* no further `Load` is made, but the passes
+//!   and feeders already running are blocking work that goes on: a second
+//!   pass under way reads to its end, and a streaming helper already called
+//!   receives its whole state, and its last byte once its `END` verifies.
+//! - *A call timing out* (for a streaming helper the call timeout covers
+//!   the whole transfer): the helper fails with
+//!   [`Error::Timeout`](crate::Error::Timeout), and a streaming helper's
+//!   socket pair is shut down, which ends its reader or feeder.
+//! - *The output failing:* the writer raises `stop`, keeps draining its
+//!   channel so no producer waits for a buffer, and reports the first error;
+//!   every reader gives up and closes its helper's socket.
+//! - *A helper disconnecting:* its admit task empties its slot, so a save
+//!   or load that has not started yet waits for it (required) or skips it
+//!   (optional); a call in flight on it fails (an
+//!   [`Error::Call`](crate::Error::Call), at the latest the call timeout).
+//!   A streaming helper's socket pair closes with it: its reader sees the
+//!   end of its data, its feeder a failed write, after which the feeder
+//!   drains its queue so the second pass never waits for it.
+//! - *[`Coordinator::shutdown`]:* aborts the accept tasks, takes every
+//!   connection out of its slot and closes it (calls in flight fail as
+//!   above), then removes the socket files. Admit tasks still in a
+//!   handshake close their connection when it finishes. A save or load
+//!   started afterwards finds no helper. Dropping the coordinator does the
+//!   same, closing the connections in a task of its own.
+//! - *The control server* ([`crate::control::Server`]) adds an accept task,
+//!   a task per control connection, and at most one operation task (a save
+//!   or load), which answers its caller through a oneshot channel.
+//!   [`Server::shutdown`](crate::control::Server::shutdown) cancels that
+//!   task (a dropped save or load future, as above, and the passed
+//!   descriptor is cut off), closes the control connections and then calls
+//!   [`Coordinator::shutdown`].
 
 mod accept;
 mod builder;

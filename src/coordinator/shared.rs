@@ -17,7 +17,7 @@ pub(crate) struct SlotState {
     pub last_load: Option<Transfer>,
     pub last_rejection: Option<String>,
     /// Whether the helper of connection generation `.0` serves
-    /// `org.dbusvmstate.Stream1`, once detected ([`transfer::mode`]).
+    /// `org.dbusvmstate.Stream1`, once detected ([`transfer::mode`](super::transfer::mode)).
     pub stream_support: Option<(u64, bool)>,
 }
 

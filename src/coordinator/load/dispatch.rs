@@ -86,7 +86,7 @@ impl SecondPass {
     ///
     /// # Errors
     ///
-    /// As [`native`].
+    /// As [`native()`].
     pub(crate) fn run(self, limits: Limits, pool: &Pool) -> Result<(), Error> {
         from_memory(self.from_memory, pool);
         match self.again {

@@ -5,7 +5,8 @@
 //! The feeder holds back the state's last byte until the second pass has
 //! verified the state's `END` record ([`Feed::Finish`]), then shuts down
 //! its end. If the pass fails first, the socket closes a byte short, so
-//! the helper never sees a complete state it should not load.
+//! the helper never sees a complete state it should not load ([the
+//! rule](crate::coordinator#loading)).
 
 use std::os::fd::AsFd;
 use std::sync::mpsc::Receiver;
