@@ -79,10 +79,10 @@
 //! - Short-lived ones: closing a connection that nobody holds any more, and
 //!   noting when a bus-style helper's `Hello` reply has gone out.
 //!
-//! A save or a load spawns no task: its own future makes every helper's
-//! calls, all at once, and holds each helper's connection for its
+//! A save or a load has no task per helper: its own future makes every
+//! helper's calls, all at once, and holds each helper's connection for its
 //! duration, so a helper that reconnects meanwhile does not close the
-//! connection under a running call.
+//! connection under a running call. Its blocking work goes to threads.
 //!
 //! **Threads:**
 //!
