@@ -49,12 +49,11 @@ pub(super) async fn save(
     let limit = inner.config.max_blob_bytes;
     let setup_error = |source| call.transfer("cannot create its socket pair", Some(source));
     let Pair { ours, theirs } = Pair::new().map_err(setup_error)?;
-    let cancelled = Arc::new(AtomicBool::new(false));
     // If this future is dropped (the whole save abandoned), the reader
     // thread must not wait on the helper forever.
     let mut guard = AbortOnDrop {
         control: ours.try_clone().map_err(setup_error)?,
-        cancelled: cancelled.clone(),
+        cancelled: Arc::new(AtomicBool::new(false)),
         armed: true,
     };
 
@@ -65,13 +64,11 @@ pub(super) async fn save(
         staged: !spec.required,
     });
     let started = Instant::now();
-    let reader = {
-        let (tx, cancelled) = (tx.clone(), cancelled.clone());
-        rt::spawn_blocking(move || {
-            let give_up = || cancelled.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
-            receive(&ours, index, &tx, &pool, limit, give_up)
-        })
-    };
+    let (tx_reader, cancelled) = (tx.clone(), guard.cancelled.clone());
+    let reader = rt::spawn_blocking(move || {
+        let give_up = || cancelled.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
+        receive(&ours, index, &tx_reader, &pool, limit, give_up)
+    });
     let save_fd = async {
         let reply = iface::call_save_fd(&peer.conn, peer.destination(), theirs.as_fd()).await;
         // The helper's copies are its own; with ours gone too, a helper
@@ -92,8 +89,7 @@ pub(super) async fn save(
             let _ = tx.send(Msg::End { slot: index });
         }
         Err(_) => {
-            cancelled.store(true, Ordering::Release);
-            pair::abort(&guard.control);
+            guard.abort();
             let _ = tx.send(Msg::Abort { slot: index });
         }
     }
@@ -111,11 +107,19 @@ struct AbortOnDrop {
     armed: bool,
 }
 
+impl AbortOnDrop {
+    /// Tells the reader to give up and shuts the socket pair down, so that
+    /// neither the reader nor the helper waits on the other.
+    fn abort(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        pair::abort(&self.control);
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            self.cancelled.store(true, Ordering::Release);
-            pair::abort(&self.control);
+            self.abort();
         }
     }
 }
