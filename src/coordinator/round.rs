@@ -103,8 +103,10 @@ impl Outcomes {
                 tracing::debug!(helper = %s.spec.id, bytes = transfer.bytes, %mode, call = %self.call, "done");
                 let mut state = s.state();
                 match self.call {
+                    Call::Save => state.last_save = Some(transfer.clone()),
                     Call::Load => state.last_load = Some(transfer.clone()),
-                    _ => state.last_save = Some(transfer.clone()),
+                    // Not a transfer.
+                    Call::Id => {}
                 }
                 self.helpers.push(HelperReport {
                     id: s.spec.id.clone(),
@@ -141,5 +143,97 @@ impl Outcomes {
             Some(e) => Err(e),
             None => Ok((self.helpers, self.skipped)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::coordinator::{Config, HelperSpec};
+
+    fn inner(required: &[bool]) -> Inner {
+        let helpers = required
+            .iter()
+            .enumerate()
+            .map(|(i, &required)| HelperSpec {
+                id: format!("h{i}"),
+                socket: format!("/tmp/h{i}.sock").into(),
+                required,
+            })
+            .collect();
+        Inner::new(Config {
+            helpers,
+            allow_uids: vec![0],
+            connect_timeout: Duration::ZERO,
+            call_timeout: Duration::ZERO,
+            handshake_timeout: Duration::ZERO,
+            max_blob_bytes: 0,
+            socket_owner: None,
+        })
+    }
+
+    fn done(bytes: u64) -> Result<Transfer, Error> {
+        Ok(Transfer {
+            bytes,
+            duration: Duration::ZERO,
+        })
+    }
+
+    fn failed(id: &str) -> Result<Transfer, Error> {
+        Err(Error::UnknownInStream { id: id.into() })
+    }
+
+    #[test]
+    fn successes_are_reported_and_kept_as_last_transfer() {
+        let inner = inner(&[true, false]);
+        let mut outcomes = Outcomes::new(Call::Load, Vec::new());
+        outcomes.record(&inner, 1, Mode::Stream, done(7));
+        outcomes.record(&inner, 0, Mode::Plain, done(3));
+        let (helpers, skipped) = outcomes.finish(None).unwrap();
+        let ids: Vec<_> = helpers.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids, ["h1", "h0"], "in the order they came");
+        assert!(skipped.is_empty());
+        assert_eq!(inner.slots[1].state().last_load.as_ref().unwrap().bytes, 7);
+        assert!(inner.slots[1].state().last_save.is_none());
+    }
+
+    #[test]
+    fn an_optional_failure_is_skipped() {
+        let inner = inner(&[true, false]);
+        let mut outcomes = Outcomes::new(Call::Save, Vec::new());
+        outcomes.record(&inner, 0, Mode::Plain, done(1));
+        outcomes.record(&inner, 1, Mode::Plain, failed("x"));
+        assert!(outcomes.all_passed());
+        let (helpers, skipped) = outcomes.finish(None).unwrap();
+        assert_eq!(helpers.len(), 1);
+        assert_eq!(skipped[0].id, "h1");
+        assert!(skipped[0].reason.contains("\"x\""), "{}", skipped[0].reason);
+    }
+
+    #[test]
+    fn required_failures_fold_in_configuration_order_after_the_first() {
+        let inner = inner(&[true, true, true]);
+        let mut outcomes = Outcomes::new(Call::Save, Vec::new());
+        outcomes.record(&inner, 2, Mode::Plain, failed("c"));
+        outcomes.record(&inner, 1, Mode::Plain, done(1));
+        outcomes.record(&inner, 0, Mode::Plain, failed("a"));
+        assert!(!outcomes.all_passed());
+        let first = Error::MissingInStream { id: "z".into() };
+        let Err(Error::Several { errors }) = outcomes.finish(Some(first)) else {
+            panic!("expected several errors");
+        };
+        let ids: Vec<_> = errors.iter().map(|e| e.helper_id().unwrap()).collect();
+        assert_eq!(ids, ["z", "a", "c"]);
+    }
+
+    #[test]
+    fn one_failure_is_the_error_itself() {
+        let inner = inner(&[true]);
+        let mut outcomes = Outcomes::new(Call::Load, Vec::new());
+        outcomes.record(&inner, 0, Mode::Stream, failed("a"));
+        let err = outcomes.finish(None).unwrap_err();
+        assert!(matches!(err, Error::UnknownInStream { .. }), "{err}");
     }
 }
