@@ -159,15 +159,19 @@
 //!   connection out of its slot and closes it (calls in flight fail as
 //!   above), then removes the socket files. Admit tasks still in a
 //!   handshake close their connection when it finishes. A save or load
-//!   started afterwards finds no helper. Dropping the coordinator does the
-//!   same, closing the connections in a task of its own.
+//!   started afterwards waits the connect timeout for helpers that can no
+//!   longer connect, and fails with
+//!   [`Error::NotConnected`](crate::Error::NotConnected). Dropping the
+//!   coordinator does the same as shutdown, closing the connections in a
+//!   task of its own.
 //! - *The control server* ([`crate::control::Server`]) adds an accept task,
 //!   a task per control connection, and at most one operation task (a save
 //!   or load), which answers its caller through a oneshot channel.
 //!   [`Server::shutdown`](crate::control::Server::shutdown) cancels that
-//!   task (a dropped save or load future, as above, and the passed
-//!   descriptor is cut off), closes the control connections and then calls
-//!   [`Coordinator::shutdown`].
+//!   task (a dropped save or load future, as above; the passed descriptor
+//!   is cut off too, which stops a save's output and a load's first pass,
+//!   though not the second pass over its spool), closes the control
+//!   connections and then calls [`Coordinator::shutdown`].
 
 mod accept;
 mod builder;
