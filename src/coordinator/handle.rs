@@ -301,6 +301,7 @@ impl Coordinator {
         peers
     }
 }
+
 impl Drop for Coordinator {
     fn drop(&mut self) {
         let peers = self.stop();
