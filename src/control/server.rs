@@ -27,11 +27,6 @@ use crate::rt;
 use crate::stream::Format;
 use crate::sys;
 
-/// How long [`Server::shutdown`] waits for a status call to let go of the
-/// coordinator before dropping it instead of shutting it down.
-const RELEASE_WAIT: Duration = Duration::from_secs(1);
-/// Pause between checks while waiting for that.
-const RELEASE_POLL: Duration = Duration::from_millis(5);
 /// Pause after an accept error before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -217,23 +212,8 @@ impl Server {
             let _ = conn.close().await;
         }
         let coordinator = lock(&self.shared.coordinator).take();
-        if let Some(mut coordinator) = coordinator {
-            let mut waited = Duration::ZERO;
-            loop {
-                match Arc::try_unwrap(coordinator) {
-                    Ok(c) => {
-                        c.shutdown().await;
-                        break;
-                    }
-                    Err(shared) if waited < RELEASE_WAIT => {
-                        coordinator = shared;
-                        rt::sleep(RELEASE_POLL).await;
-                        waited += RELEASE_POLL;
-                    }
-                    // The last holder's drop closes and removes everything.
-                    Err(_) => break,
-                }
-            }
+        if let Some(coordinator) = coordinator {
+            coordinator.shutdown().await;
         }
         self.bound = None;
     }

@@ -5,7 +5,7 @@
 //! library (checked by `tests/interop.rs`): GDBus's bare `AUTH` to list
 //! mechanisms, libdbus's `AUTH EXTERNAL <uid>` exchange, sd-bus's pipelined
 //! `AUTH EXTERNAL`, `DATA`, `NEGOTIATE_UNIX_FD`, `BEGIN` in one write, and
-//! zbus's own. Each connection serves the [`bus_shim`](super::bus_shim) so
+//! zbus's own. Each connection serves the [`bus_shim`] so
 //! that bus-style helpers find the `org.freedesktop.DBus` calls they make
 //! answered.
 

@@ -72,6 +72,30 @@ impl Route {
 /// Routes keyed by helper Id; a helper without a route is not loaded.
 pub(crate) type Routes = HashMap<String, Route>;
 
+/// What the second pass hands over: states already in memory, and the
+/// verified stream to read again (with its first pass's summary) for the
+/// routes of the others.
+pub(crate) struct SecondPass {
+    pub from_memory: Vec<(Record, Route)>,
+    pub again: Option<(Box<dyn Read + Send>, native::Summary)>,
+    pub routes: Routes,
+}
+
+impl SecondPass {
+    /// Runs the second pass (a blocking read).
+    ///
+    /// # Errors
+    ///
+    /// As [`native()`].
+    pub(crate) fn run(self, limits: Limits, pool: &Pool) -> Result<(), Error> {
+        from_memory(self.from_memory, pool);
+        match self.again {
+            Some((input, summary)) => native(input, limits, &summary, self.routes, pool),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An error for a stream that differs from its first pass.
 fn changed(offset: u64, id: Option<&str>, what: &str) -> Error {
     Error::Stream(stream::Error::Corrupt {
@@ -148,7 +172,7 @@ pub(crate) fn native(
 
 /// Feeds states already in memory (a decoded QEMU payload) to their
 /// streaming helpers.
-pub(crate) fn from_memory(states: Vec<(Record, Route)>, pool: &Pool) {
+fn from_memory(states: Vec<(Record, Route)>, pool: &Pool) {
     for (record, mut route) in states {
         route.chunk(&record.data, pool);
         route.finish();

@@ -5,7 +5,8 @@
 //! The feeder holds back the state's last byte until the second pass has
 //! verified the state's `END` record ([`Feed::Finish`]), then shuts down
 //! its end. If the pass fails first, the socket closes a byte short, so
-//! the helper never sees a complete state it should not load.
+//! the helper never sees a complete state it should not load ([the
+//! rule](crate::coordinator#loading)).
 
 use std::os::fd::AsFd;
 use std::sync::mpsc::Receiver;
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use socket2::Socket;
 
+use crate::coordinator::call::HelperCall;
 use crate::coordinator::transfer::pair::{self, Pair};
 use crate::coordinator::transfer::pool::Pool;
 use crate::coordinator::{Inner, Peer, Transfer};
@@ -54,24 +56,18 @@ pub(crate) async fn load(
     feed: Receiver<Feed>,
     pool: Arc<Pool>,
 ) -> Result<Transfer, Error> {
-    let id = &inner.slots[index].spec.id;
-    let timeout = inner.config.call_timeout;
+    let call = HelperCall::new(inner, index, Call::Load);
     let pair = Pair::new().and_then(|p| Ok((p.ours.try_clone()?, p)));
     let (control, Pair { ours, theirs }) = match pair {
         Ok(pair) => pair,
         Err(source) => {
             drop(rt::spawn(rt::spawn_blocking(move || drain(&feed, &pool))));
-            return Err(Error::Transfer {
-                id: id.clone(),
-                call: Call::Load,
-                reason: "cannot create its socket pair".to_string(),
-                source: Some(source),
-            });
+            return Err(call.transfer("cannot create its socket pair", Some(source)));
         }
     };
     let started = Instant::now();
     let feeder = rt::spawn_blocking(move || feed_socket(&ours, size, &feed, &pool));
-    let call = async {
+    let load_fd = async {
         let reply = iface::call_load_fd(&peer.conn, peer.destination(), theirs.as_fd(), size).await;
         drop(theirs);
         if reply.is_err() {
@@ -79,16 +75,12 @@ pub(crate) async fn load(
         }
         reply
     };
-    let result = match rt::timeout(timeout, futures::future::join(call, feeder)).await {
-        Ok((reply, fed)) => judge(id, size, reply, fed),
-        Err(rt::Elapsed) => {
+    let result = match call.within(futures::future::join(load_fd, feeder)).await {
+        Ok((reply, fed)) => judge(&call, size, reply, fed),
+        Err(timed_out) => {
             // The feeder's writes now fail; it drains the rest.
             pair::abort(&control);
-            Err(Error::Timeout {
-                id: id.clone(),
-                call: Call::Load,
-                timeout,
-            })
+            Err(timed_out)
         }
     };
     result.map(|()| Transfer {
@@ -98,30 +90,20 @@ pub(crate) async fn load(
 }
 
 /// The outcome of the call and the feeding together.
-fn judge(id: &str, size: u64, reply: zbus::Result<()>, fed: Fed) -> Result<(), Error> {
-    let transfer = |reason: String, source| Error::Transfer {
-        id: id.to_string(),
-        call: Call::Load,
-        reason,
-        source,
-    };
+fn judge(call: &HelperCall<'_>, size: u64, reply: zbus::Result<()>, fed: Fed) -> Result<(), Error> {
     match (reply, fed) {
         (Ok(()), Fed::Done) => Ok(()),
         // The helper's error is a consequence; the stream's is reported.
-        (_, Fed::Aborted(sent)) => Err(transfer(
+        (_, Fed::Aborted(sent)) => Err(call.transfer(
             format!("aborted after {sent} of {size} bytes: the stream failed its second pass"),
             None,
         )),
-        (_, Fed::Overrun) => Err(transfer(
+        (_, Fed::Overrun) => Err(call.transfer(
             format!("the stream's second pass held more than the {size} bytes verified"),
             None,
         )),
-        (Err(source), _) => Err(Error::Call {
-            id: id.to_string(),
-            call: Call::Load,
-            source: Box::new(source),
-        }),
-        (Ok(()), Fed::Failed(e, sent)) => Err(transfer(
+        (Err(source), _) => Err(call.failed(source)),
+        (Ok(()), Fed::Failed(e, sent)) => Err(call.transfer(
             format!("the helper replied success but stopped reading after {sent} of {size} bytes"),
             Some(e),
         )),

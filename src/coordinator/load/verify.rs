@@ -1,12 +1,9 @@
 //! The first pass of a load: detect the format and verify the whole
 //! stream, keeping only what the second pass needs.
 //!
-//! The rule (stated in `Coordinator::load`): a native stream is verified
-//! without keeping its blobs, then read again. A seekable input is read
-//! twice from where it stands; any other input is copied to a spool while
-//! it is verified (memory up to [`SPOOL_MEMORY_BYTES`], then an unlinked
-//! temporary file) and the spool is read the second time. A QEMU payload
-//! (at most 1 MiB per helper) is decoded into memory.
+//! [The rule](crate::coordinator#loading) is the coordinator's: [`seekable`]
+//! keeps the input to read it again, [`spooled`] copies it to a spool of
+//! [`SPOOL_MEMORY_BYTES`] in memory, then an unlinked temporary file.
 //!
 //! The states of helpers known to be plain ([`Keep`]) are kept from the
 //! first pass: they go into one `Load` message anyway, and keeping them

@@ -12,6 +12,7 @@ use std::time::Instant;
 use socket2::Socket;
 
 use super::writer::Msg;
+use crate::coordinator::call::HelperCall;
 use crate::coordinator::transfer::pair::{self, Pair};
 use crate::coordinator::transfer::pool::Pool;
 use crate::coordinator::{Inner, Peer, Transfer};
@@ -44,40 +45,31 @@ pub(super) async fn save(
     stop: Arc<AtomicBool>,
 ) -> Result<Transfer, Error> {
     let spec = &inner.slots[index].spec;
-    let id = &spec.id;
-    let timeout = inner.config.call_timeout;
+    let call = HelperCall::new(inner, index, Call::Save);
     let limit = inner.config.max_blob_bytes;
-    let setup_error = |source| Error::Transfer {
-        id: id.clone(),
-        call: Call::Save,
-        reason: "cannot create its socket pair".to_string(),
-        source: Some(source),
-    };
+    let setup_error = |source| call.transfer("cannot create its socket pair", Some(source));
     let Pair { ours, theirs } = Pair::new().map_err(setup_error)?;
-    let cancelled = Arc::new(AtomicBool::new(false));
     // If this future is dropped (the whole save abandoned), the reader
     // thread must not wait on the helper forever.
     let mut guard = AbortOnDrop {
         control: ours.try_clone().map_err(setup_error)?,
-        cancelled: cancelled.clone(),
+        cancelled: Arc::new(AtomicBool::new(false)),
         armed: true,
     };
 
     let _ = tx.send(Msg::Begin {
         slot: index,
-        id: id.clone(),
+        id: spec.id.clone(),
         // An optional helper's state can be dropped until it is complete.
         staged: !spec.required,
     });
     let started = Instant::now();
-    let reader = {
-        let (tx, cancelled) = (tx.clone(), cancelled.clone());
-        rt::spawn_blocking(move || {
-            let give_up = || cancelled.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
-            receive(&ours, index, &tx, &pool, limit, give_up)
-        })
-    };
-    let call = async {
+    let (tx_reader, cancelled) = (tx.clone(), guard.cancelled.clone());
+    let reader = rt::spawn_blocking(move || {
+        let give_up = || cancelled.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
+        receive(&ours, index, &tx_reader, &pool, limit, give_up)
+    });
+    let save_fd = async {
         let reply = iface::call_save_fd(&peer.conn, peer.destination(), theirs.as_fd()).await;
         // The helper's copies are its own; with ours gone too, a helper
         // that only closes its end (no shutdown) still ends the data.
@@ -87,22 +79,17 @@ pub(super) async fn save(
         }
         reply
     };
-    let result = match rt::timeout(timeout, futures::future::join(call, reader)).await {
-        Ok((reply, received)) => judge(id, limit, reply, received),
-        Err(rt::Elapsed) => Err(Error::Timeout {
-            id: id.clone(),
-            call: Call::Save,
-            timeout,
-        }),
-    };
+    let result = call
+        .within(futures::future::join(save_fd, reader))
+        .await
+        .and_then(|(reply, received)| judge(&call, limit, reply, received));
     match &result {
         Ok(_) => {
             guard.armed = false;
             let _ = tx.send(Msg::End { slot: index });
         }
         Err(_) => {
-            cancelled.store(true, Ordering::Release);
-            pair::abort(&guard.control);
+            guard.abort();
             let _ = tx.send(Msg::Abort { slot: index });
         }
     }
@@ -120,42 +107,45 @@ struct AbortOnDrop {
     armed: bool,
 }
 
+impl AbortOnDrop {
+    /// Tells the reader to give up and shuts the socket pair down, so that
+    /// neither the reader nor the helper waits on the other.
+    fn abort(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        pair::abort(&self.control);
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            self.cancelled.store(true, Ordering::Release);
-            pair::abort(&self.control);
+            self.abort();
         }
     }
 }
 
 /// The outcome of the call and the reading together.
-fn judge(id: &str, limit: u64, reply: zbus::Result<u64>, received: Received) -> Result<u64, Error> {
-    let transfer = |reason: String, source| Error::Transfer {
-        id: id.to_string(),
-        call: Call::Save,
-        reason,
-        source,
-    };
+fn judge(
+    call: &HelperCall<'_>,
+    limit: u64,
+    reply: zbus::Result<u64>,
+    received: Received,
+) -> Result<u64, Error> {
     match (reply, received) {
         // The helper then fails to write; the limit is the cause.
         (_, Received::TooLarge(size)) => Err(Error::TooLarge {
-            id: id.to_string(),
+            id: call.id.to_string(),
             size,
             limit,
             what: "the coordinator's per-helper limit",
         }),
-        (Err(source), _) => Err(Error::Call {
-            id: id.to_string(),
-            call: Call::Save,
-            source: Box::new(source),
-        }),
-        (Ok(_), Received::Failed(e, got)) => Err(transfer(
+        (Err(source), _) => Err(call.failed(source)),
+        (Ok(_), Received::Failed(e, got)) => Err(call.transfer(
             format!("reading its state failed after {got} bytes"),
             Some(e),
         )),
-        (Ok(_), Received::Cancelled) => Err(transfer("the save was cancelled".to_string(), None)),
-        (Ok(sent), Received::Done(got)) if sent != got => Err(transfer(
+        (Ok(_), Received::Cancelled) => Err(call.transfer("the save was cancelled", None)),
+        (Ok(sent), Received::Done(got)) if sent != got => Err(call.transfer(
             format!("the helper reported {sent} bytes, but {got} arrived"),
             None,
         )),

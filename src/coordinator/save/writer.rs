@@ -17,16 +17,18 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 /// What a failed write of the stream itself is called (and how
 /// `save_to_path` tells it from other I/O errors).
 pub(crate) const WRITE_STREAM: &str = "cannot write the state stream";
 
+use crate::coordinator::call;
 use crate::coordinator::transfer::pool::Pool;
 use crate::error::{Call, Error};
 use crate::iface::SaveReply;
+use crate::rt;
 use crate::stream::{self, native};
 
 /// Buffer between the stream encoder and the output.
@@ -74,6 +76,44 @@ struct Thread<W: Write> {
 /// Size of the end record that [`Msg::Finish`] writes.
 const STREAM_END_BYTES: u64 =
     (native::RECORD_HEADER_BYTES + native::END_PAYLOAD_BYTES + native::RECORD_CRC_BYTES) as u64;
+
+/// The writer thread, which returns what [`run`] does.
+pub(super) type Handle<W> = std::thread::JoinHandle<Result<Option<(W, u64)>, Error>>;
+
+/// Starts the writer thread on `out`; returns the sender of its messages.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the thread cannot be started.
+pub(super) fn spawn<W: Write + Send + 'static>(
+    out: W,
+    pool: Arc<Pool>,
+    stop: Arc<AtomicBool>,
+) -> Result<(Sender<Msg>, Handle<W>), Error> {
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let handle = std::thread::Builder::new()
+        .name("vmstate-writer".into())
+        .spawn(move || run(out, rx, pool, &stop))
+        .map_err(|e| Error::Io {
+            what: "cannot start the stream writer thread",
+            path: None,
+            source: e,
+        })?;
+    Ok((tx, handle))
+}
+
+/// Waits (off the async threads) for the writer thread to end.
+pub(super) async fn join<W: Send + 'static>(handle: Handle<W>) -> Result<Option<(W, u64)>, Error> {
+    rt::spawn_blocking(move || handle.join())
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Io {
+                what: "the stream writer thread panicked",
+                path: None,
+                source: std::io::Error::other("writer thread panicked"),
+            })
+        })
+}
 
 /// Runs the writer thread until [`Msg::Finish`] or until every sender is
 /// gone. Returns the output and the stream's size once finished, `None`
@@ -164,11 +204,9 @@ impl<W: Write> Thread<W> {
             Msg::Finish => {}
             Msg::Whole { id, reply } => {
                 // Checked when the reply arrived; this borrows it again.
-                let data = reply.bytes().map_err(|source| Error::Call {
-                    id: id.clone(),
-                    call: Call::Save,
-                    source: Box::new(source),
-                })?;
+                let data = reply
+                    .bytes()
+                    .map_err(|e| call::failed(&id, Call::Save, e))?;
                 self.writer.write_blob(&id, data).map_err(write_error)?;
             }
         }

@@ -1,5 +1,6 @@
 //! Load: verify the whole stream, then load every helper at once, each
-//! state streamed from a second pass over the input.
+//! state streamed from a second pass over the input, as [the coordinator's
+//! docs](crate::coordinator#loading) describe.
 //!
 //! The first pass ([`verify`]) checks everything and keeps a summary;
 //! only then is any helper called. The second pass ([`dispatch`]) reads
@@ -19,31 +20,16 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::future::join_all;
 
-use super::transfer::{self, pool::Pool, Mode};
-use super::{policy, HelperReport, Inner, Peer, Skipped, Transfer};
+use super::call::HelperCall;
+use super::round::{self, Outcomes};
+use super::transfer::{pool::Pool, Mode};
+use super::{policy, Inner, LoadReport, Peer, Transfer};
 use crate::error::{Call, Error};
 use crate::iface;
 use crate::rt;
 use crate::stream::{native, Format, Limits, Record};
-use dispatch::{Route, Routes, FEED_QUEUE_CHUNKS};
+use dispatch::{Route, Routes, SecondPass, FEED_QUEUE_CHUNKS};
 use verify::{Keep, Verified};
-
-/// What a load did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LoadReport {
-    /// The stream's format.
-    pub format: Format,
-    /// The helpers loaded, in configuration order.
-    pub helpers: Vec<HelperReport>,
-    /// Optional helpers left out.
-    pub skipped: Vec<Skipped>,
-    /// From the first `Load` call to the last reply.
-    pub duration: Duration,
-    /// The first pass: reading and verifying the whole stream, before any
-    /// `Load`.
-    pub verification: Duration,
-}
 
 fn limits(inner: &Inner) -> Limits {
     Limits {
@@ -86,15 +72,11 @@ where
 /// states the first pass can keep. Calls nothing but (at most once per
 /// connection) `Introspect`.
 async fn plain_now(inner: &Inner) -> Keep {
-    let peers: Vec<(usize, Peer)> = (0..inner.slots.len())
-        .filter_map(|i| inner.slots[i].peer().map(|p| (i, p)))
-        .collect();
-    let modes = join_all(peers.iter().map(|(i, p)| transfer::mode(inner, *i, p))).await;
-    peers
+    let (participants, _) = round::participants(inner, 0..inner.slots.len()).await;
+    participants
         .iter()
-        .zip(modes)
-        .filter(|(_, mode)| *mode == Mode::Plain)
-        .map(|((i, _), _)| inner.slots[*i].spec.id.clone())
+        .filter(|p| p.mode == Mode::Plain)
+        .map(|p| inner.slots[p.slot].spec.id.clone())
         .collect()
 }
 
@@ -116,72 +98,84 @@ enum Incoming {
     Ready(Vec<u8>),
 }
 
+/// Loads a verified stream: plans, then runs the second pass and every
+/// `Load` at once.
 async fn run(
     inner: &Inner,
     verified: Verified,
     verification: Duration,
 ) -> Result<LoadReport, Error> {
-    let config = &inner.config;
     let format = verified.format();
-    let contents = verified.contents();
+    let (targets, mut outcomes) = plan(inner, &verified.contents()).await?;
+    let (second_pass, incoming) = route(inner, &targets, verified);
+    let streaming = targets.iter().filter(|t| t.mode == Mode::Stream).count();
+    let pool = Arc::new(Pool::new(
+        streaming * (FEED_QUEUE_CHUNKS + 1) + 1,
+        native::CHUNK_BYTES,
+    ));
+
+    let started = Instant::now();
+    let passed = {
+        let (pool, limits) = (pool.clone(), limits(inner));
+        rt::spawn_blocking(move || second_pass.run(limits, &pool))
+    };
+    let calls = load_all(inner, &targets, incoming, &pool);
+    let (passed, results) = futures::join!(passed, calls);
+    for (t, result) in targets.iter().zip(results) {
+        outcomes.record(inner, t.slot, t.mode, result);
+    }
+    let (helpers, skipped) = outcomes.finish(passed.err())?;
+    Ok(LoadReport {
+        format,
+        helpers,
+        skipped,
+        duration: started.elapsed(),
+        verification,
+    })
+}
+
+/// Matches the stream's `contents` (Id and size of each state) to the
+/// helpers and waits for those to load: everything that can fail before
+/// any `Load`. Returns the helpers to load, in configuration order, and
+/// the outcomes so far (the optional helpers skipped).
+///
+/// # Errors
+///
+/// What [`policy::plan_load`] finds, a required helper not connected, a
+/// plain helper's state over one message.
+async fn plan(inner: &Inner, contents: &[(String, u64)]) -> Result<(Vec<Target>, Outcomes), Error> {
     let specs: Vec<_> = inner.slots.iter().map(|s| s.spec.clone()).collect();
     let ids: Vec<Record> = contents
         .iter()
         .map(|(id, _)| Record::new(id.clone(), Vec::new()))
         .collect();
     let plan = policy::plan_load(&specs, &ids)?;
-
-    let required: Vec<usize> = plan
-        .targets
+    let slots: Vec<usize> = plan.targets.iter().map(|&(slot, _)| slot).collect();
+    let required: Vec<usize> = slots
         .iter()
-        .map(|&(hi, _)| hi)
-        .filter(|&hi| specs[hi].required)
+        .copied()
+        .filter(|&s| specs[s].required)
         .collect();
-    let missing = inner
-        .wait_connected(&required, config.connect_timeout)
-        .await;
-    if let Some(e) = Error::from_many(inner.not_connected(&missing, config.connect_timeout)) {
-        return Err(e);
-    }
+    inner
+        .require(&required, inner.config.connect_timeout)
+        .await?;
 
-    let mut skipped: Vec<Skipped> = plan
-        .absent_optional
-        .iter()
-        .map(|&hi| Skipped {
-            id: specs[hi].id.clone(),
-            reason: "no state in the stream".to_string(),
-        })
-        .collect();
-    let mut connected = Vec::new();
-    for &(hi, ri) in &plan.targets {
-        match inner.slots[hi].peer() {
-            Some(peer) => connected.push((hi, peer, contents[ri].1)),
-            None => skipped.push(Skipped {
-                id: specs[hi].id.clone(),
-                reason: "not connected".to_string(),
-            }),
-        }
-    }
-    for s in &skipped {
-        tracing::warn!(helper = %s.id, "optional helper skipped: {}", s.reason);
-    }
-    let modes = join_all(
-        connected
+    let (participants, not_connected) = round::participants(inner, slots).await;
+    let size_of = |slot| {
+        plan.targets
             .iter()
-            .map(|(hi, peer, _)| transfer::mode(inner, *hi, peer)),
-    )
-    .await;
-    let targets: Vec<Target> = connected
+            .find(|t| t.0 == slot)
+            .map(|t| contents[t.1].1)
+    };
+    let targets: Vec<Target> = participants
         .into_iter()
-        .zip(modes)
-        .map(|((slot, peer, size), mode)| Target {
-            slot,
-            peer,
-            size,
-            mode,
+        .map(|p| Target {
+            size: size_of(p.slot).unwrap_or(0),
+            slot: p.slot,
+            peer: p.peer,
+            mode: p.mode,
         })
         .collect();
-
     // Still before any Load: every plain state must fit in one message.
     let too_large: Vec<Error> = targets
         .iter()
@@ -196,7 +190,17 @@ async fn run(
     if let Some(e) = Error::from_many(too_large) {
         return Err(e);
     }
+    let absent = plan
+        .absent_optional
+        .iter()
+        .map(|&slot| round::skipped_as(inner, slot, "no state in the stream"));
+    let skipped = absent.chain(not_connected).collect();
+    Ok((targets, Outcomes::new(Call::Load, skipped)))
+}
 
+/// Decides where each target's state comes from: memory (kept by the
+/// first pass, or decoded), or the second pass over the stream.
+fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (SecondPass, Vec<Incoming>) {
     // States in memory already, and the stream to read again if needed.
     let (mut ready, again) = match verified {
         Verified::Records(records) => (records.into_iter().map(|r| (r.id, r.data)).collect(), None),
@@ -206,16 +210,11 @@ async fn run(
             kept,
         } => (kept, Some((input, summary))),
     };
-    let streaming = targets.iter().filter(|t| t.mode == Mode::Stream).count();
-    let pool = Arc::new(Pool::new(
-        streaming * (FEED_QUEUE_CHUNKS + 1) + 1,
-        native::CHUNK_BYTES,
-    ));
     let mut routes = Routes::new();
     let mut from_memory = Vec::new();
     let mut incoming = Vec::with_capacity(targets.len());
-    for t in &targets {
-        let id = specs[t.slot].id.clone();
+    for t in targets {
+        let id = inner.slots[t.slot].spec.id.clone();
         let state = ready.remove(&id);
         match (t.mode, state) {
             (Mode::Plain, Some(data)) => incoming.push(Incoming::Ready(data)),
@@ -235,81 +234,41 @@ async fn run(
             }
         }
     }
-    drop(ready);
     // Read the stream again only for states not in memory.
     let again = again.filter(|_| !routes.is_empty());
-
-    let started = Instant::now();
-    let second_pass = {
-        let (pool, limits) = (pool.clone(), limits(inner));
-        rt::spawn_blocking(move || {
-            dispatch::from_memory(from_memory, &pool);
-            match again {
-                Some((input, summary)) => dispatch::native(input, limits, &summary, routes, &pool),
-                None => Ok(()),
-            }
-        })
+    let pass = SecondPass {
+        from_memory,
+        again,
+        routes,
     };
-    let specs = &specs;
-    let calls = join_all(targets.iter().zip(incoming).map(|(t, incoming)| {
+    (pass, incoming)
+}
+
+/// Loads every target at once, each as its state arrives; the results in
+/// the targets' order.
+async fn load_all(
+    inner: &Inner,
+    targets: &[Target],
+    incoming: Vec<Incoming>,
+    pool: &Arc<Pool>,
+) -> Vec<Result<Transfer, Error>> {
+    join_all(targets.iter().zip(incoming).map(|(t, incoming)| {
         let pool = pool.clone();
         async move {
-            let result = match incoming {
+            match incoming {
                 Incoming::Stream(feed) => {
                     feed::load(inner, t.slot, &t.peer, t.size, feed, pool).await
                 }
                 Incoming::Plain(data) => match data.await {
                     Ok(data) => load_plain(inner, t.slot, &t.peer, data).await,
-                    Err(oneshot::Canceled) => Err(Error::Transfer {
-                        id: specs[t.slot].id.clone(),
-                        call: Call::Load,
-                        reason: "not called: the stream failed its second pass".to_string(),
-                        source: None,
-                    }),
+                    Err(oneshot::Canceled) => Err(HelperCall::new(inner, t.slot, Call::Load)
+                        .transfer("not called: the stream failed its second pass", None)),
                 },
                 Incoming::Ready(data) => load_plain(inner, t.slot, &t.peer, data).await,
-            };
-            (t, result)
-        }
-    }));
-    let (passed, results) = futures::join!(second_pass, calls);
-
-    let mut helpers = Vec::new();
-    let mut errors = Vec::new();
-    if let Err(e) = passed {
-        errors.push(e);
-    }
-    for (t, result) in results {
-        let slot = &inner.slots[t.slot];
-        match result {
-            Ok(transfer) => {
-                slot.state().last_load = Some(transfer.clone());
-                helpers.push(HelperReport {
-                    id: slot.spec.id.clone(),
-                    transfer,
-                    mode: t.mode,
-                });
-            }
-            Err(e) if slot.spec.required => errors.push(e),
-            Err(e) => {
-                tracing::warn!(helper = %slot.spec.id, "optional helper failed to load: {}", crate::error::chain(&e));
-                skipped.push(Skipped {
-                    id: slot.spec.id.clone(),
-                    reason: crate::error::chain(&e),
-                });
             }
         }
-    }
-    if let Some(e) = Error::from_many(errors) {
-        return Err(e);
-    }
-    Ok(LoadReport {
-        format,
-        helpers,
-        skipped,
-        duration: started.elapsed(),
-        verification,
-    })
+    }))
+    .await
 }
 
 /// Calls plain `Load` with the whole state.
@@ -319,28 +278,12 @@ async fn load_plain(
     peer: &Peer,
     data: Vec<u8>,
 ) -> Result<Transfer, Error> {
-    let id = &inner.slots[index].spec.id;
-    let timeout = inner.config.call_timeout;
+    let call = HelperCall::new(inner, index, Call::Load);
     let started = Instant::now();
-    match rt::timeout(
-        timeout,
-        iface::call_load_at(&peer.conn, peer.destination(), &data),
-    )
-    .await
-    {
-        Ok(Ok(())) => Ok(Transfer {
-            bytes: data.len() as u64,
-            duration: started.elapsed(),
-        }),
-        Ok(Err(source)) => Err(Error::Call {
-            id: id.clone(),
-            call: Call::Load,
-            source: Box::new(source),
-        }),
-        Err(rt::Elapsed) => Err(Error::Timeout {
-            id: id.clone(),
-            call: Call::Load,
-            timeout,
-        }),
-    }
+    call.run(iface::call_load_at(&peer.conn, peer.destination(), &data))
+        .await?;
+    Ok(Transfer {
+        bytes: data.len() as u64,
+        duration: started.elapsed(),
+    })
 }

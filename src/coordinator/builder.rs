@@ -1,0 +1,214 @@
+//! Configuring a coordinator: the helpers it expects and its limits.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{policy, Coordinator};
+use crate::error::Error;
+use crate::iface;
+
+/// One helper the coordinator expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperSpec {
+    /// The helper's Id: what its `Id` property must say, and its record's
+    /// name in the stream.
+    pub id: String,
+    /// The socket the coordinator listens on for this helper.
+    pub socket: PathBuf,
+    /// A required helper fails a save or load when absent; an optional one
+    /// is skipped with a warning.
+    pub required: bool,
+}
+
+/// Settings shared by every part of a coordinator.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub helpers: Vec<HelperSpec>,
+    pub allow_uids: Vec<u32>,
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_blob_bytes: u64,
+    pub socket_owner: Option<(u32, Option<u32>)>,
+}
+
+/// Configures and binds a [`Coordinator`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    helpers: Vec<HelperSpec>,
+    optional: Vec<String>,
+    allow_uids: Vec<u32>,
+    connect_timeout: Duration,
+    call_timeout: Duration,
+    handshake_timeout: Duration,
+    max_blob_bytes: u64,
+    socket_owner: Option<(u32, Option<u32>)>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A coordinator with no helpers yet and the default timeouts.
+    pub fn new() -> Self {
+        Builder {
+            helpers: Vec::new(),
+            optional: Vec::new(),
+            allow_uids: Vec::new(),
+            connect_timeout: iface::DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: iface::DEFAULT_CALL_TIMEOUT,
+            handshake_timeout: iface::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_blob_bytes: iface::DEFAULT_MAX_STATE_BYTES,
+            socket_owner: None,
+        }
+    }
+
+    /// Expects helper `id` on the socket at `socket` (required).
+    pub fn helper(mut self, id: impl Into<String>, socket: impl Into<PathBuf>) -> Self {
+        self.helpers.push(HelperSpec {
+            id: id.into(),
+            socket: socket.into(),
+            required: true,
+        });
+        self
+    }
+
+    /// Expects each helper of `ids` on `dir/<ID>.sock` (required).
+    pub fn socket_dir<I, S>(mut self, dir: impl AsRef<Path>, ids: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for id in ids {
+            let id = id.into();
+            let socket = dir.as_ref().join(format!("{id}.sock"));
+            self = self.helper(id, socket);
+        }
+        self
+    }
+
+    /// Marks helper `id` optional: skipped with a warning when it is absent
+    /// at save time, or has no state in the stream at load time.
+    pub fn optional(mut self, id: impl Into<String>) -> Self {
+        self.optional.push(id.into());
+        self
+    }
+
+    /// Accepts helpers running as `uid`. Without any call, only the
+    /// coordinator's own effective uid is accepted.
+    pub fn allow_uid(mut self, uid: u32) -> Self {
+        self.allow_uids.push(uid);
+        self
+    }
+
+    /// Gives every socket file to `uid` (and `gid`, if given), keeping mode
+    /// 0600, so that helpers running as that user can connect while others
+    /// cannot; `uid` is added to the allowed peer uids. This is how a
+    /// coordinator running as root serves helpers that run as an
+    /// unprivileged user. Changing a file's owner needs privilege.
+    pub fn socket_owner(mut self, uid: u32, gid: Option<u32>) -> Self {
+        self.socket_owner = Some((uid, gid));
+        self
+    }
+
+    /// How long `save` and `load` wait for required helpers to connect.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one `Save` or `Load` call may take.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// How long a new connection has to authenticate and report its Id.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The largest state accepted from or sent to one helper (default
+    /// [`iface::DEFAULT_MAX_STATE_BYTES`]). Helpers without the streaming
+    /// extension are limited to one D-Bus message besides.
+    pub fn max_blob_bytes(mut self, bytes: u64) -> Self {
+        self.max_blob_bytes = bytes;
+        self
+    }
+
+    /// Checks the configuration, binds every socket and starts accepting
+    /// helpers. Must be called within an async runtime context or from a
+    /// thread where spawning is allowed (any thread with async-std).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty list, an invalid or duplicate Id, an
+    /// unknown optional Id; [`Error::Bind`] or [`Error::SocketInUse`] when a
+    /// socket cannot be bound (sockets bound before it are removed again).
+    pub fn bind(self) -> Result<Coordinator, Error> {
+        let config = self.into_config()?;
+        Coordinator::bind(config)
+    }
+
+    /// Like [`Builder::bind`], but some helpers' listening sockets come
+    /// ready-made (from socket activation, say): each `(id, listener)` is
+    /// used for helper `id` instead of binding its socket path, and its
+    /// path becomes the listener's own. Those socket files are left in
+    /// place on shutdown: whoever bound them owns them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::bind`]; [`Error::Config`] when a listener is for an Id
+    /// that is not in the helper list, or for the same Id twice.
+    pub fn bind_with<I>(self, listeners: I) -> Result<Coordinator, Error>
+    where
+        I: IntoIterator<Item = (String, std::os::unix::net::UnixListener)>,
+    {
+        let config = self.into_config()?;
+        Coordinator::bind_with(config, listeners.into_iter().collect())
+    }
+
+    fn into_config(self) -> Result<Config, Error> {
+        let Builder {
+            mut helpers,
+            optional,
+            mut allow_uids,
+            connect_timeout,
+            call_timeout,
+            handshake_timeout,
+            max_blob_bytes,
+            socket_owner,
+        } = self;
+        policy::check_helpers(&helpers)?;
+        for id in &optional {
+            let spec = helpers
+                .iter_mut()
+                .find(|h| &h.id == id)
+                .ok_or_else(|| Error::Config {
+                    reason: format!("optional helper {id:?} is not in the helper list"),
+                })?;
+            spec.required = false;
+        }
+        if allow_uids.is_empty() {
+            allow_uids.push(crate::sys::effective_uid());
+        }
+        if let Some((uid, _)) = socket_owner {
+            if !allow_uids.contains(&uid) {
+                allow_uids.push(uid);
+            }
+        }
+        Ok(Config {
+            helpers,
+            allow_uids,
+            connect_timeout,
+            call_timeout,
+            handshake_timeout,
+            max_blob_bytes,
+            socket_owner,
+        })
+    }
+}
