@@ -13,6 +13,8 @@ use dbus_vmstate::helper::{self, BoxError, State};
 use dbus_vmstate::{coordinator, iface, rt};
 use zbus::Connection;
 
+pub mod process;
+
 /// Every socket test runs under this deadline, so a hang fails the test
 /// instead of stalling CI.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);

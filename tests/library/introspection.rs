@@ -1,13 +1,11 @@
 //! `protocol/org.qemu.VMState1.xml` is the contract: what a helper built
 //! with this library serves must match it member for member.
 
-mod util;
-
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixListener;
 
+use crate::util::*;
 use dbus_vmstate::iface;
-use util::*;
 
 /// (kind, name, details) for every member of the interface, from an
 /// introspection document.
@@ -60,7 +58,7 @@ fn members(xml: &str, interface: &str) -> BTreeSet<(String, String, String)> {
 
 #[test]
 fn protocol_xml_describes_qemus_interface() {
-    let xml = include_str!("../protocol/org.qemu.VMState1.xml");
+    let xml = include_str!("../../protocol/org.qemu.VMState1.xml");
     let got = members(xml, iface::INTERFACE);
     let want: BTreeSet<_> = [
         ("property", "Id", "type=s access=read"),
@@ -98,7 +96,7 @@ fn helper_serves_exactly_the_protocol_interface() {
             .await
             .unwrap();
         let served: String = reply.body().deserialize().unwrap();
-        let spec = include_str!("../protocol/org.qemu.VMState1.xml");
+        let spec = include_str!("../../protocol/org.qemu.VMState1.xml");
         assert_eq!(
             members(&served, iface::INTERFACE),
             members(spec, iface::INTERFACE),
@@ -111,7 +109,7 @@ fn helper_serves_exactly_the_protocol_interface() {
 
 #[test]
 fn iface_constants_match_the_protocol_xml() {
-    let xml = include_str!("../protocol/org.qemu.VMState1.xml");
+    let xml = include_str!("../../protocol/org.qemu.VMState1.xml");
     assert!(xml.contains(&format!("<interface name=\"{}\">", iface::INTERFACE)));
     assert!(xml.contains(&format!("<node name=\"{}\">", iface::OBJECT_PATH)));
     for member in [iface::METHOD_SAVE, iface::METHOD_LOAD] {
@@ -145,7 +143,7 @@ fn control_server_serves_exactly_the_protocol_interface() {
             .await
             .unwrap();
         let served: String = reply.body().deserialize().unwrap();
-        let spec = include_str!("../protocol/org.dbusvmstate.Control1.xml");
+        let spec = include_str!("../../protocol/org.dbusvmstate.Control1.xml");
         let want = members(spec, control::INTERFACE);
         assert_eq!(want.len(), 3, "Save, Load, Status");
         assert_eq!(
@@ -205,7 +203,7 @@ async fn served_introspection(options: dbus_vmstate::helper::Options) -> String 
 
 #[test]
 fn stream_protocol_xml_describes_the_streaming_interface() {
-    let xml = include_str!("../protocol/org.dbusvmstate.Stream1.xml");
+    let xml = include_str!("../../protocol/org.dbusvmstate.Stream1.xml");
     let got = members(xml, iface::STREAM_INTERFACE);
     let want: BTreeSet<_> = [
         ("method", "SaveFd", "fd:h:in,size:t:out"),
@@ -225,7 +223,7 @@ fn stream_protocol_xml_describes_the_streaming_interface() {
 fn helper_serves_exactly_the_stream_protocol_interface() {
     run(async {
         let served = served_introspection(dbus_vmstate::helper::Options::default()).await;
-        let spec = include_str!("../protocol/org.dbusvmstate.Stream1.xml");
+        let spec = include_str!("../../protocol/org.dbusvmstate.Stream1.xml");
         assert_eq!(
             members(&served, iface::STREAM_INTERFACE),
             members(spec, iface::STREAM_INTERFACE),
@@ -236,7 +234,7 @@ fn helper_serves_exactly_the_stream_protocol_interface() {
         assert_eq!(
             members(&served, iface::INTERFACE),
             members(
-                include_str!("../protocol/org.qemu.VMState1.xml"),
+                include_str!("../../protocol/org.qemu.VMState1.xml"),
                 iface::INTERFACE
             )
         );

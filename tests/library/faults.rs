@@ -1,13 +1,11 @@
 //! Misbehaving helpers and damaged streams: each fails cleanly, names the
 //! helper, leaves no output file, and calls no Load from a bad stream.
 
-mod util;
-
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::error::Call;
 use dbus_vmstate::{iface, Error};
-use util::*;
 
 /// A coordinator for a and b with both helpers connected.
 async fn two_helpers(

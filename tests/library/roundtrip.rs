@@ -1,9 +1,7 @@
 //! Save and load round trips at blob sizes around the boundaries that have
 //! broken implementations before (QEMU once could not load over 4 KiB).
 
-mod util;
-
-use util::*;
+use crate::util::*;
 
 fn round_trip(size: usize) {
     run(async move {

@@ -1,15 +1,12 @@
 //! `serve`'s life cycle as a process: signals, socket activation, service
 //! manager notification, refusals, client usage errors.
 
-mod cli_util;
-mod util;
-
 use std::path::Path;
 use std::process::Stdio;
 
-use cli_util::*;
+use crate::util::process::*;
+use crate::util::{pattern, tmpdir};
 use dbus_vmstate::stream::{native, Limits, Record};
-use util::{pattern, tmpdir};
 
 #[test]
 fn sigterm_and_sigint_remove_every_socket() {

@@ -3,14 +3,12 @@
 //! finds helpers (the queued owners of `org.qemu.VMState1`). Needs the
 //! `dbus-daemon` program.
 
-mod util;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::{helper, iface, rt};
-use util::*;
 use zbus::Connection;
 
 /// A private session bus, stopped when dropped.

@@ -1,12 +1,10 @@
 //! QEMU's own dbus-vmstate test scenarios (tests/qtest/dbus-vmstate-test.c),
 //! carried over to one socket per helper.
 
-mod util;
-
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::{coordinator, Error};
-use util::*;
 
 /// Saves idA and idB from helpers holding `a` and `b`, then loads the
 /// stream into fresh helpers through `dst`; returns the fresh helpers.

@@ -7,15 +7,12 @@
 //! `/usr/bin/python3` (python3-gi, gir1.2-glib-2.0, python3-dbus), the C
 //! one is compiled here with `cc` against libsystemd-dev.
 
+#[path = "../util/mod.rs"]
 mod util;
 
-#[path = "interop/auth.rs"]
 mod auth;
-#[path = "interop/bus_driver.rs"]
 mod bus_driver;
-#[path = "interop/support.rs"]
 mod support;
-#[path = "interop/zbus_helper.rs"]
 mod zbus_helper;
 
 use std::process::Command;

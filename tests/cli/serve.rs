@@ -1,16 +1,13 @@
 //! `serve` and its clients (`save`, `load`, `status`) as real processes,
 //! the way a deployment runs them.
 
-mod cli_util;
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use cli_util::*;
+use crate::util::process::*;
+use crate::util::{pattern, tmpdir};
 use dbus_vmstate::stream::{native, qemu, Limits, Record};
-use util::{pattern, tmpdir};
 
 fn save(serve: &Serve, output: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![

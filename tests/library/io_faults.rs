@@ -1,13 +1,11 @@
 //! Output that cannot be written and streams that must not load: the save
 //! fails with nothing left behind, the load fails before any `Load` call.
 
-mod util;
-
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::stream::{self, native, Record};
 use dbus_vmstate::Error;
-use util::*;
 
 /// Coordinator with helpers a (5000 bytes) and b (3000 bytes) connected.
 async fn pair(

@@ -3,12 +3,10 @@
 //! limits are checked when writing its format, and the payload real QEMU
 //! 7.2 wrote loads into peer-to-peer helpers.
 
-mod util;
-
 use std::path::PathBuf;
 
+use crate::util::*;
 use dbus_vmstate::stream::{self, native, qemu, Format, Limits, Record};
-use util::*;
 
 /// The payload of the `dbus-vmstate` section QEMU 7.2 wrote for helpers
 /// `idA` and `idB` (tests/data/README.md): 46 bytes of entries, then 18

@@ -1,13 +1,10 @@
 //! Faults and QEMU streams through the real processes: `serve`, its
 //! clients and `helper` processes.
 
-mod cli_util;
-mod util;
-
 use std::time::{Duration, Instant};
 
-use cli_util::*;
-use util::tmpdir;
+use crate::util::process::*;
+use crate::util::tmpdir;
 
 /// The payload real QEMU 7.2 wrote loads into two file helpers through
 /// `load --format qemu`, and through detection without the flag.

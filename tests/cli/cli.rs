@@ -1,11 +1,9 @@
 //! The real binary, run as a user would.
 
-mod util;
-
 use std::process::{Command, Output};
 
+use crate::util::*;
 use dbus_vmstate::stream::{native, Record};
-use util::*;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dbus-vmstate"))

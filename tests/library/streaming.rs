@@ -2,20 +2,18 @@
 //! D-Bus message cap, plain and streaming helpers side by side, and every
 //! way a streamed transfer can go wrong.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::coordinator::Mode;
 use dbus_vmstate::error::Call;
 use dbus_vmstate::helper::{self, BoxError, State};
 use dbus_vmstate::stream::{native, Limits};
 use dbus_vmstate::{iface, rt, Error};
-use util::*;
 
 /// What a [`Streamer`] does when saving or loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

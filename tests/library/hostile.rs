@@ -2,8 +2,6 @@
 //! handshake, other users. Each is turned away without disturbing the
 //! helpers that behave.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -11,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use dbus_vmstate::{iface, Error};
-use util::*;
 
 /// A helper that reports whatever Id it is given.
 struct AnyId(String);

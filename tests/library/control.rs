@@ -1,8 +1,6 @@
 //! The control interface through the library: `control::Server` around a
 //! coordinator, `control::Client` calling it, in one process.
 
-mod util;
-
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::os::unix::net::UnixStream;
@@ -11,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::control::{self, Client, ErrorKind, LoadOptions, SaveOptions, Server};
 use dbus_vmstate::rt;
 use dbus_vmstate::stream::{native, qemu, Format, Limits, Record};
-use util::*;
 
 fn control_path(dir: &Path) -> std::path::PathBuf {
     dir.join("control.sock")
