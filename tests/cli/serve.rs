@@ -196,7 +196,7 @@ fn status_reports_helpers_and_transfers() {
     let a = &doc["helpers"][0];
     assert_eq!(a["id"], "a");
     assert_eq!(a["pid"], helper.0.id());
-    assert_eq!(a["uid"], unsafe { libc::geteuid() });
+    assert_eq!(a["uid"], crate::util::euid());
     assert_eq!(a["last_save"]["bytes"], 10);
     assert_eq!(a["last_load"], serde_json::Value::Null);
     let b = &doc["helpers"][1];

@@ -77,7 +77,7 @@ fn helper_serves_exactly_the_protocol_interface() {
         let dir = tmpdir();
         let path = sock(dir.path(), "a");
         let listener = UnixListener::bind(&path).unwrap();
-        let helper = spawn_helper(&path, MemHelper::new("a", vec![1, 2, 3]));
+        let helper = Fake::new("a", vec![1, 2, 3]).spawn(&path);
         let (stream, _) = listener.accept().unwrap();
         let conn = zbus::connection::Builder::unix_stream(stream)
             .server(zbus::Guid::generate())
@@ -168,16 +168,11 @@ fn control_server_serves_exactly_the_protocol_interface() {
 }
 
 /// The served introspection document of a library helper.
-async fn served_introspection(options: dbus_vmstate::helper::Options) -> String {
+async fn served_introspection(fake: std::sync::Arc<Fake>) -> String {
     let dir = tmpdir();
     let path = sock(dir.path(), "a");
     let listener = UnixListener::bind(&path).unwrap();
-    let state = MemHelper::new("a", vec![1, 2, 3]);
-    let helper = dbus_vmstate::rt::spawn(dbus_vmstate::helper::serve(
-        path.clone(),
-        state,
-        options.connect_timeout(std::time::Duration::from_secs(10)),
-    ));
+    let helper = fake.spawn(&path);
     let (stream, _) = listener.accept().unwrap();
     let conn = zbus::connection::Builder::unix_stream(stream)
         .server(zbus::Guid::generate())
@@ -222,7 +217,7 @@ fn stream_protocol_xml_describes_the_streaming_interface() {
 #[test]
 fn helper_serves_exactly_the_stream_protocol_interface() {
     run(async {
-        let served = served_introspection(dbus_vmstate::helper::Options::default()).await;
+        let served = served_introspection(Fake::new("a", vec![1, 2, 3])).await;
         let spec = include_str!("../../protocol/org.dbusvmstate.Stream1.xml");
         assert_eq!(
             members(&served, iface::STREAM_INTERFACE),
@@ -244,8 +239,7 @@ fn helper_serves_exactly_the_stream_protocol_interface() {
 #[test]
 fn helper_without_streaming_serves_only_qemus_interface() {
     run(async {
-        let options = dbus_vmstate::helper::Options::default().streaming(false);
-        let served = served_introspection(options).await;
+        let served = served_introspection(Fake::new("a", vec![1, 2, 3]).plain()).await;
         assert!(!iface::introspection_lists(
             &served,
             iface::STREAM_INTERFACE
