@@ -8,6 +8,7 @@ mod util;
 
 mod bus;
 mod control;
+mod executors;
 mod faults;
 mod hostile;
 mod introspection;
