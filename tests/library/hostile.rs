@@ -79,6 +79,12 @@ fn client_that_never_authenticates_is_dropped_after_the_deadline() {
         .await;
         assert!(dropped, "silent client must be disconnected");
         assert!(started.elapsed() >= Duration::from_millis(300));
+        // The client can see the hang-up before the coordinator records
+        // why.
+        until("the rejection to be recorded", || {
+            c.status()[0].last_rejection.is_some()
+        })
+        .await;
         let status = &c.status()[0];
         assert!(!status.connected);
         assert!(
