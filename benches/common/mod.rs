@@ -387,7 +387,7 @@ pub async fn load_call(conn: &Connection, dest: Option<&str>, data: &[u8]) {
         iface::OBJECT_PATH,
         Some(iface::INTERFACE),
         iface::METHOD_LOAD,
-        &iface::BlobRef(data),
+        &serde_bytes::Bytes::new(data),
     )
     .await
     .expect("Load");

@@ -138,7 +138,7 @@ fn helpers_serve_qemus_design_on_a_bus() {
                 iface::OBJECT_PATH,
                 Some(iface::INTERFACE),
                 iface::METHOD_LOAD,
-                &iface::BlobRef(b"new state"),
+                &serde_bytes::Bytes::new(b"new state"),
             )
             .await
             .unwrap();

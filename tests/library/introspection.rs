@@ -167,6 +167,18 @@ fn control_server_serves_exactly_the_protocol_interface() {
     });
 }
 
+/// Whether an introspection document lists `interface` on its root node.
+fn lists(xml: &str, interface: &str) -> bool {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(xml, options).expect("valid XML");
+    doc.root_element()
+        .children()
+        .any(|n| n.has_tag_name("interface") && n.attribute("name") == Some(interface))
+}
+
 /// The served introspection document of a library helper.
 async fn served_introspection(fake: std::sync::Arc<Fake>) -> String {
     let dir = tmpdir();
@@ -224,7 +236,7 @@ fn helper_serves_exactly_the_stream_protocol_interface() {
             members(spec, iface::STREAM_INTERFACE),
             "served introspection:\n{served}"
         );
-        assert!(iface::introspection_lists(&served, iface::STREAM_INTERFACE));
+        assert!(lists(&served, iface::STREAM_INTERFACE));
         // QEMU's interface is untouched beside it.
         assert_eq!(
             members(&served, iface::INTERFACE),
@@ -240,10 +252,7 @@ fn helper_serves_exactly_the_stream_protocol_interface() {
 fn helper_without_streaming_serves_only_qemus_interface() {
     run(async {
         let served = served_introspection(Fake::new("a", vec![1, 2, 3]).plain()).await;
-        assert!(!iface::introspection_lists(
-            &served,
-            iface::STREAM_INTERFACE
-        ));
-        assert!(iface::introspection_lists(&served, iface::INTERFACE));
+        assert!(!lists(&served, iface::STREAM_INTERFACE));
+        assert!(lists(&served, iface::INTERFACE));
     });
 }
