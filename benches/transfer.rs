@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use dbus_vmstate::stream::native;
-use dbus_vmstate::{iface, rt};
 
 use common::*;
 
@@ -114,8 +113,8 @@ fn save_benches(c: &mut Criterion) {
             let p2p = P2p::start(1, size, false);
             group.bench_function(format!("p2p_call/{id}"), |b| {
                 b.iter(|| {
-                    let reply = rt::block_on(iface::call_save(&p2p.conns[0])).expect("Save");
-                    assert_eq!(reply.bytes().expect("ay").len(), size);
+                    let n = rt::block_on(save_call(&p2p.conns[0], None));
+                    assert_eq!(n, size);
                 })
             });
         }
@@ -176,7 +175,7 @@ fn load_benches(c: &mut Criterion) {
         if let (Some(data), true) = (&data, wanted(&format!("load/p2p_call/{id}"))) {
             let p2p = P2p::start(1, size, false);
             group.bench_function(format!("p2p_call/{id}"), |b| {
-                b.iter(|| rt::block_on(iface::call_load(&p2p.conns[0], data)).expect("Load"))
+                b.iter(|| rt::block_on(load_call(&p2p.conns[0], None, data)))
             });
         }
         if let (Some(data), true) = (&data, wanted(&format!("load/bus_call/{id}"))) {
@@ -217,7 +216,7 @@ fn many_helpers_benches(c: &mut Criterion) {
                 b.iter(|| {
                     rt::block_on(async {
                         for conn in &p2p.conns {
-                            iface::call_save(conn).await.expect("Save");
+                            save_call(conn, None).await;
                         }
                     })
                 })
@@ -265,7 +264,7 @@ fn interleaved_latency() {
         raw.copy(size);
         let raw_t = t.elapsed();
         let t = std::time::Instant::now();
-        rt::block_on(iface::call_save(&p2p.conns[0])).expect("Save");
+        rt::block_on(save_call(&p2p.conns[0], None));
         let p2p_t = t.elapsed();
         let t = std::time::Instant::now();
         rt::block_on(bus_save(&bus.conn, &bus.helpers[0]));

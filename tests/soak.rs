@@ -5,43 +5,25 @@
 mod util;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dbus_vmstate::helper::{BoxError, State};
 use util::*;
 
 const HELPERS: usize = 16;
 const WARMUP_ROUNDS: usize = 30;
 const ROUNDS: usize = 90;
 const STATE_BYTES: usize = 64 << 10;
+/// How long closed connections may take to give their descriptors back.
+const SETTLE: Duration = Duration::from_secs(10);
 
-struct Flaky {
-    id: String,
-    data: Mutex<Vec<u8>>,
-    fail_save: AtomicBool,
-    fail_load: AtomicBool,
-}
-
-impl State for Flaky {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn save(&self) -> Result<Vec<u8>, BoxError> {
-        if self.fail_save.load(Ordering::SeqCst) {
-            return Err("injected save failure".into());
-        }
-        Ok(self.data.lock().unwrap().clone())
-    }
-
-    fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
-        if self.fail_load.load(Ordering::SeqCst) {
-            return Err("injected load failure".into());
-        }
-        *self.data.lock().unwrap() = data;
-        Ok(())
+/// A helper's script for one round.
+fn script(fail: bool, msg: &str) -> Step {
+    if fail {
+        Step::Fail(msg.to_string())
+    } else {
+        Step::Whole
     }
 }
 
@@ -75,14 +57,17 @@ static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc`'s contract; passed on as is.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc`'s contract; passed on as is.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc`'s contract; passed on as is.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -90,6 +75,7 @@ unsafe impl GlobalAlloc for Counting {
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
         );
+        // SAFETY: the caller upholds `GlobalAlloc`'s contract; passed on as is.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -120,20 +106,13 @@ fn save_load_cycles_with_random_failures_do_not_leak() {
             .call_timeout(Duration::from_secs(10))
             .bind()
             .unwrap();
-        let helpers: Vec<Arc<Flaky>> = ids
+        let helpers: Vec<Arc<Fake>> = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| {
-                Arc::new(Flaky {
-                    id: id.clone(),
-                    data: Mutex::new(pattern(STATE_BYTES, i as u8)),
-                    fail_save: AtomicBool::new(false),
-                    fail_load: AtomicBool::new(false),
-                })
-            })
+            .map(|(i, id)| Fake::new(id, pattern(STATE_BYTES, i as u8)))
             .collect();
         for h in &helpers {
-            drop(spawn_helper(sock(dir.path(), &h.id), h.clone()));
+            drop(h.spawn_in(dir.path()));
         }
         connected(&c).await;
 
@@ -147,14 +126,14 @@ fn save_load_cycles_with_random_failures_do_not_leak() {
             // Some helpers reconnect (the new connection replaces the old).
             for h in &helpers {
                 if rng.chance(5) {
-                    drop(spawn_helper(sock(dir.path(), &h.id), h.clone()));
+                    drop(h.spawn_in(dir.path()));
                 }
             }
             connected(&c).await;
             let mut expect_save_ok = true;
             for h in &helpers {
                 let fail = rng.chance(3);
-                h.fail_save.store(fail, Ordering::SeqCst);
+                h.set_save(script(fail, "injected save failure"));
                 expect_save_ok &= !fail;
             }
             match c.save(Vec::new()).await {
@@ -165,7 +144,7 @@ fn save_load_cycles_with_random_failures_do_not_leak() {
                     let mut expect_load_ok = true;
                     for h in &helpers {
                         let fail = rng.chance(3);
-                        h.fail_load.store(fail, Ordering::SeqCst);
+                        h.set_load(script(fail, "injected load failure"));
                         expect_load_ok &= !fail;
                     }
                     let loaded = c.load(std::io::Cursor::new(stream), None).await;
@@ -186,10 +165,17 @@ fn save_load_cycles_with_random_failures_do_not_leak() {
                 }
             }
         }
-        // Let closed connections finish closing.
-        dbus_vmstate::rt::sleep(Duration::from_millis(200)).await;
         connected(&c).await;
         let (fds_before, live_before, rss_before) = baseline.unwrap();
+        // Replaced connections finish closing in the background: wait for
+        // the descriptors to come back (a leak times out here).
+        let settled = util::rt::timeout(SETTLE, async {
+            while open_fds() > fds_before {
+                util::rt::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok();
         let (fds_after, live_after, rss_after) = (open_fds(), live_kib(), rss_kib());
         eprintln!(
             "saves ok/failed {saves_ok}/{saves_failed}, loads ok/failed {loads_ok}/{loads_failed}; \
@@ -199,8 +185,8 @@ fn save_load_cycles_with_random_failures_do_not_leak() {
         assert!(saves_ok > 5 && saves_failed > 5, "both outcomes exercised");
         assert!(loads_ok > 2 && loads_failed > 2, "both outcomes exercised");
         assert!(
-            fds_after <= fds_before,
-            "file descriptors grew from {fds_before} to {fds_after}"
+            settled && fds_after <= fds_before,
+            "file descriptors grew from {fds_before} to {fds_after} (waited {SETTLE:?})"
         );
         // A leak of even one small allocation per helper per round would be
         // 16 x 60 of them; 512 KiB of slack covers buffers that happen to
@@ -210,7 +196,7 @@ fn save_load_cycles_with_random_failures_do_not_leak() {
             "heap in use grew from {live_before} KiB to {live_after} KiB"
         );
         for (i, h) in helpers.iter().enumerate() {
-            assert_eq!(*h.data.lock().unwrap(), pattern(STATE_BYTES, i as u8));
+            assert_eq!(h.data(), pattern(STATE_BYTES, i as u8));
         }
     });
 }

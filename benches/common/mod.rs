@@ -12,10 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dbus_vmstate::helper::{self, BoxError, SharedBytes, State};
-use dbus_vmstate::{coordinator, iface, rt};
+use dbus_vmstate::{coordinator, iface};
 use zbus::Connection;
 
 pub mod rss;
+/// The tests' runtime shim (the library's own runtime is crate-private).
+#[path = "../../tests/util/rt.rs"]
+pub mod rt;
 
 /// The environment variable that selects a child's role.
 pub const ROLE: &str = "DV_BENCH_ROLE";
@@ -97,7 +100,9 @@ impl Drop for Children {
 
 /// A helper's state for the benchmarks: held in an `Arc`, saved without a
 /// copy on both paths, and loaded into a buffer that is reused from one
-/// load to the next (as the raw baseline's receiver does).
+/// load to the next (as the raw baseline's receiver does). Not the tests'
+/// scripted `util::Fake`: that one copies, counts and can fail, which a
+/// figure beside a raw-socket baseline must not measure.
 pub struct BenchState {
     id: String,
     data: Mutex<Arc<Vec<u8>>>,
@@ -115,6 +120,10 @@ impl BenchState {
 impl State for BenchState {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn save(&self) -> Result<Vec<u8>, BoxError> {
+        Ok(self.data.lock().map_err(|_| "poisoned")?.to_vec())
     }
 
     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
@@ -353,34 +362,45 @@ async fn bus_owners(conn: &Connection) -> Vec<String> {
     }
 }
 
-/// `Save` through the bus; returns the state's size.
-pub async fn bus_save(conn: &Connection, dest: &str) -> usize {
+/// A bare `Save` call to `dest` (`None` on a peer-to-peer connection);
+/// returns the state's size.
+pub async fn save_call(conn: &Connection, dest: Option<&str>) -> usize {
     let reply = conn
         .call_method(
-            Some(dest),
+            dest,
             iface::OBJECT_PATH,
             Some(iface::INTERFACE),
             iface::METHOD_SAVE,
             &(),
         )
         .await
-        .expect("bus Save");
+        .expect("Save");
     let body = reply.body();
     let data: &[u8] = body.deserialize().expect("ay");
     data.len()
 }
 
-/// `Load` through the bus.
-pub async fn bus_load(conn: &Connection, dest: &str, data: &[u8]) {
+/// A bare `Load` call to `dest` (`None` on a peer-to-peer connection).
+pub async fn load_call(conn: &Connection, dest: Option<&str>, data: &[u8]) {
     conn.call_method(
-        Some(dest),
+        dest,
         iface::OBJECT_PATH,
         Some(iface::INTERFACE),
         iface::METHOD_LOAD,
-        &iface::BlobRef(data),
+        &serde_bytes::Bytes::new(data),
     )
     .await
-    .expect("bus Load");
+    .expect("Load");
+}
+
+/// `Save` through the bus; returns the state's size.
+pub async fn bus_save(conn: &Connection, dest: &str) -> usize {
+    save_call(conn, Some(dest)).await
+}
+
+/// `Load` through the bus.
+pub async fn bus_load(conn: &Connection, dest: &str, data: &[u8]) {
+    load_call(conn, Some(dest), data).await
 }
 
 /// A child that sends `size` bytes each time it reads a request byte.

@@ -5,8 +5,8 @@
 use std::io::{BufReader, BufWriter};
 use std::process::{Command, Stdio};
 
+use super::rt;
 use dbus_vmstate::helper::BoxError;
-use dbus_vmstate::rt;
 use dbus_vmstate::stream::native;
 
 use super::{arg, peak_rss_kib, state_bytes, Coordinated, MIB, ROLE};

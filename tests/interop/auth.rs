@@ -6,16 +6,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::util::{builder, run, sock, tmpdir};
+use crate::util::{builder, euid, rt, run, sock, tmpdir, until, Fake};
 
 /// How long the test waits for any reply from the coordinator.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The uid as EXTERNAL sends it: its decimal digits, hex-encoded.
 fn hex_uid() -> String {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    uid.to_string()
+    euid()
+        .to_string()
         .bytes()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -67,7 +66,7 @@ fn with_coordinator(f: impl FnOnce(&std::path::Path) + Send + 'static) {
         let dir = tmpdir();
         let c = builder(dir.path(), &["a"]).bind().unwrap();
         let path = dir.path().to_path_buf();
-        dbus_vmstate::rt::spawn_blocking(move || f(&path)).await;
+        rt::spawn_blocking(move || f(&path)).await;
         c.shutdown().await;
     });
 }
@@ -139,7 +138,7 @@ fn malformed_handshakes_close_only_their_connection() {
             let c = builder(dir.path(), &["a"]).bind().unwrap();
             let path = dir.path().to_path_buf();
             let p = path.clone();
-            let closed = dbus_vmstate::rt::spawn_blocking(move || {
+            let closed = rt::spawn_blocking(move || {
                 let (mut w, mut r) = connect(&p);
                 w.write_all(attempt).unwrap();
                 let mut rest = Vec::new();
@@ -153,18 +152,15 @@ fn malformed_handshakes_close_only_their_connection() {
             );
             // The rejection is recorded right after the socket closes.
             let mut why = String::new();
-            for _ in 0..500 {
+            until("the rejection to be recorded", || {
                 why = c.status()[0].last_rejection.take().unwrap_or_default();
-                if !why.is_empty() {
-                    break;
-                }
-                dbus_vmstate::rt::sleep(std::time::Duration::from_millis(10)).await;
-            }
+                !why.is_empty()
+            })
+            .await;
             assert!(why.contains("handshake failed"), "{attempt:?}: {why:?}");
 
             // A well-formed helper still gets in.
-            let helper = crate::util::MemHelper::new("a", vec![1, 2, 3]);
-            let task = crate::util::spawn_helper(sock(&path, "a"), helper);
+            let task = Fake::new("a", vec![1, 2, 3]).spawn(sock(&path, "a"));
             let (_, report) = c.save(Vec::new()).await.unwrap();
             assert_eq!(report.helpers[0].transfer.bytes, 3);
             c.shutdown().await;

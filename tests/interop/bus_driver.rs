@@ -2,14 +2,11 @@
 //! connection (protocol/README.md, "Bus-style helpers"), called one by one
 //! by a helper that speaks to it as to a bus.
 
-use std::time::Duration;
-
 use futures::StreamExt;
 use zbus::message::Type;
 use zbus::{Connection, MessageStream};
 
-use crate::util::{builder, run, sock, tmpdir};
-use crate::zbus_helper::{connect_p2p, Seen};
+use crate::util::{builder, run, sock, tmpdir, within, Raw};
 
 const BUS: &str = "org.freedesktop.DBus";
 const BUS_PATH: &str = "/org/freedesktop/DBus";
@@ -74,9 +71,7 @@ async fn next_signal(
         }
         panic!("connection closed before {member}");
     };
-    dbus_vmstate::rt::timeout(Duration::from_secs(10), wait)
-        .await
-        .unwrap_or_else(|_| panic!("no {member} signal"))
+    within(&format!("the {member} signal"), wait).await
 }
 
 #[test]
@@ -84,8 +79,8 @@ fn bus_driver_calls_are_answered() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["b"]).bind().unwrap();
-        let seen = Seen::with(vec![9; 100]);
-        let conn = connect_p2p(&sock(dir.path(), "b"), "b", &seen).await;
+        let seen = Raw::new("b").with_data(vec![9; 100]);
+        let conn = seen.connect(&sock(dir.path(), "b")).await;
         let mut stream = MessageStream::from(&conn);
 
         // Hello first, as a bus client does; only once.

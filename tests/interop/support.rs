@@ -7,9 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The system interpreter, which has PyGObject and dbus-python (the first
-/// `python3` on PATH may not).
-pub const PYTHON: &str = "/usr/bin/python3";
+use crate::util::PYTHON;
 
 /// How long a helper process may take to exit after its peer closed the
 /// connection.
@@ -31,22 +29,9 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 /// A Python helper script run by the system interpreter.
+///
+/// Tests that use one check `require(Requirement::PythonDbus)` first.
 pub fn python_helper(script: &str) -> Command {
-    static CHECKED: OnceLock<()> = OnceLock::new();
-    CHECKED.get_or_init(|| {
-        let check = "import gi; gi.require_version('Gio', '2.0'); \
-                     from gi.repository import Gio; import dbus, dbus.mainloop.glib";
-        let out = Command::new(PYTHON)
-            .args(["-c", check])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {PYTHON}: {e}"));
-        assert!(
-            out.status.success(),
-            "{PYTHON} lacks PyGObject or dbus-python (Debian: python3-gi \
-             gir1.2-glib-2.0 python3-dbus):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
     let mut cmd = Command::new(PYTHON);
     // -B: leave no __pycache__ in the source tree.
     cmd.args(["-u", "-B"]).arg(interop_file(script));
@@ -54,7 +39,8 @@ pub fn python_helper(script: &str) -> Command {
 }
 
 /// The sd-bus helper, compiled once per test run from
-/// `tests/interop/sdbus_helper.c` (needs `cc`, `pkg-config` and
+/// `tests/interop/sdbus_helper.c`. Tests that use it check
+/// `require(Requirement::SdBus)` first (`cc`, `pkg-config`,
 /// libsystemd-dev).
 pub fn sdbus_helper() -> Command {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();

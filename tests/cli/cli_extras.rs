@@ -1,17 +1,14 @@
 //! What people expect of a command line: help with examples, shell
 //! completions, a manual page, a progress line only on a terminal.
 
-mod cli_util;
-mod util;
-
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 
-use cli_util::*;
-use util::{pattern, tmpdir};
+use crate::util::process::*;
+use crate::util::{pattern, tmpdir};
 
 const COMMANDS: [&str; 10] = [
     "serve",

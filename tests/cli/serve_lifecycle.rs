@@ -1,15 +1,12 @@
 //! `serve`'s life cycle as a process: signals, socket activation, service
 //! manager notification, refusals, client usage errors.
 
-mod cli_util;
-mod util;
-
 use std::path::Path;
 use std::process::Stdio;
 
-use cli_util::*;
+use crate::util::process::*;
+use crate::util::{pattern, tmpdir};
 use dbus_vmstate::stream::{native, Limits, Record};
-use util::{pattern, tmpdir};
 
 #[test]
 fn sigterm_and_sigint_remove_every_socket() {
@@ -44,7 +41,7 @@ fn sigterm_during_a_save_leaves_no_file() {
     let serve = Serve::start(&dir, &["--id-list", "fast,slow"]);
     let _f = Helper::file(&dir, "fast", &root.join("fast.state"));
     let marker = root.join("started");
-    let slow_cmd = format!("touch {}; sleep 3; echo late", marker.display());
+    let slow_cmd = blocking_save_cmd(&marker);
     let _s = Helper::start(&dir, "slow", &["--save-cmd", &slow_cmd]);
     let out_dir = root.join("out");
     std::fs::create_dir(&out_dir).unwrap();
@@ -75,7 +72,7 @@ fn interrupted_save_client_removes_its_temporary_file() {
     let dir = root.join("s");
     let serve = Serve::start(&dir, &["--id-list", "slow"]);
     let marker = root.join("started");
-    let slow_cmd = format!("touch {}; sleep 3; echo late", marker.display());
+    let slow_cmd = blocking_save_cmd(&marker);
     let _s = Helper::start(&dir, "slow", &["--save-cmd", &slow_cmd]);
     let out_dir = root.join("out");
     std::fs::create_dir(&out_dir).unwrap();

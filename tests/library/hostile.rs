@@ -2,8 +2,6 @@
 //! handshake, other users. Each is turned away without disturbing the
 //! helpers that behave.
 
-mod util;
-
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -11,32 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use dbus_vmstate::{iface, Error};
-use util::*;
 
-/// A helper that reports whatever Id it is given.
-struct AnyId(String);
-
-#[zbus::interface(name = "org.qemu.VMState1")]
-impl AnyId {
-    #[zbus(property)]
-    async fn id(&self) -> String {
-        self.0.clone()
-    }
-
-    async fn save(&self) -> iface::Blob {
-        iface::Blob(b"impostor".to_vec())
-    }
-}
-
+/// A helper on raw zbus that reports whatever Id it is given.
 async fn connect_any_id(socket: &Path, id: &str) -> zbus::Connection {
-    let stream = UnixStream::connect(socket).expect("connect");
-    zbus::connection::Builder::unix_stream(stream)
-        .p2p()
-        .serve_at(iface::OBJECT_PATH, AnyId(id.to_string()))
-        .build()
+    Raw::new(id)
+        .with_data(b"impostor".to_vec())
+        .connect(socket)
         .await
-        .expect("handshake")
 }
 
 #[test]
@@ -56,7 +37,7 @@ fn helpers_with_invalid_ids_are_rejected() {
                 .unwrap();
             let conn = connect_any_id(&sock(dir.path(), "a"), bad).await;
             // The coordinator hangs up on it.
-            rt_timeout(conn.closed()).await;
+            within("the coordinator to hang up", conn.closed()).await;
             let err = c.save(Vec::new()).await.unwrap_err();
             assert!(
                 matches!(&err, Error::NotConnected { id, .. } if id == "a"),
@@ -65,12 +46,6 @@ fn helpers_with_invalid_ids_are_rejected() {
             assert!(err.to_string().contains(reason), "Id {bad:?}: {err}");
         });
     }
-}
-
-async fn rt_timeout<F: std::future::Future>(f: F) -> F::Output {
-    dbus_vmstate::rt::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("in time")
 }
 
 /// Reads until EOF or error; true if the peer hung up within `limit`.
@@ -97,13 +72,19 @@ fn client_that_never_authenticates_is_dropped_after_the_deadline() {
             .unwrap();
         let path = sock(dir.path(), "a");
         let started = Instant::now();
-        let dropped = dbus_vmstate::rt::spawn_blocking(move || {
+        let dropped = rt::spawn_blocking(move || {
             let mut silent = UnixStream::connect(&path).unwrap();
             hung_up_within(&mut silent, Duration::from_secs(10))
         })
         .await;
         assert!(dropped, "silent client must be disconnected");
         assert!(started.elapsed() >= Duration::from_millis(300));
+        // The client can see the hang-up before the coordinator records
+        // why.
+        until("the rejection to be recorded", || {
+            c.status()[0].last_rejection.is_some()
+        })
+        .await;
         let status = &c.status()[0];
         assert!(!status.connected);
         assert!(
@@ -126,7 +107,7 @@ fn client_stalling_mid_handshake_is_dropped_after_the_deadline() {
             .bind()
             .unwrap();
         let path = sock(dir.path(), "a");
-        let dropped = dbus_vmstate::rt::spawn_blocking(move || {
+        let dropped = rt::spawn_blocking(move || {
             let mut s = UnixStream::connect(&path).unwrap();
             // The credentials byte and the start of EXTERNAL auth, then
             // nothing more.
@@ -151,8 +132,8 @@ fn stalled_clients_do_not_hold_up_a_real_helper() {
         let mut stalled: Vec<UnixStream> = (0..32)
             .map(|_| UnixStream::connect(&path).unwrap())
             .collect();
-        let a = MemHelper::new("a", b"real".to_vec());
-        let _task = spawn_helper(&path, a.clone());
+        let a = Fake::new("a", b"real".to_vec());
+        let _task = a.spawn(&path);
         let (out, report) = c.save(Vec::new()).await.unwrap();
         assert_eq!(report.helpers.len(), 1);
         assert!(!out.is_empty());
@@ -175,7 +156,7 @@ fn second_connection_on_a_socket_replaces_the_first() {
         connected(&c).await;
         let pid_before = c.status()[0].pid;
         let second = connect_any_id(&path, "a").await;
-        rt_timeout(first.closed()).await;
+        within("the first connection to close", first.closed()).await;
         assert!(!second.is_closed());
         assert!(c.status()[0].connected);
         assert_eq!(c.status()[0].pid, pid_before, "same process here");
@@ -183,7 +164,7 @@ fn second_connection_on_a_socket_replaces_the_first() {
         assert!(!out.is_empty());
         // A rejected newcomer (wrong Id) does not displace the helper.
         let intruder = connect_any_id(&path, "b").await;
-        rt_timeout(intruder.closed()).await;
+        within("the intruder to be closed", intruder.closed()).await;
         assert!(!second.is_closed());
         c.save(Vec::new()).await.unwrap();
     });
@@ -191,18 +172,6 @@ fn second_connection_on_a_socket_replaces_the_first() {
 
 /// The uid the cross-user tests run helpers as.
 const NOBODY: u32 = 65534;
-
-fn require_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("DBUS_VMSTATE_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipped: needs root");
-        return false;
-    }
-    panic!("this test needs root (CI runs as root); set DBUS_VMSTATE_SKIP_ROOT_TESTS=1 to skip");
-}
 
 /// A world-readable copy of the binary and a state file, in a directory
 /// `nobody` can enter, so the helper can run as another user wherever the
@@ -235,7 +204,7 @@ fn helper_as_nobody(exe: &Path, socket: &Path, state: &Path) -> std::process::Ch
 
 #[test]
 fn other_user_cannot_reach_a_0600_socket() {
-    if !require_root() {
+    if !require(Requirement::Root) {
         return;
     }
     run(async {
@@ -245,7 +214,7 @@ fn other_user_cannot_reach_a_0600_socket() {
             .bind()
             .unwrap();
         let child = helper_as_nobody(&exe, &sock(dir.path(), "a"), &state);
-        let out = dbus_vmstate::rt::spawn_blocking(move || child.wait_with_output().unwrap()).await;
+        let out = rt::spawn_blocking(move || child.wait_with_output().unwrap()).await;
         assert_eq!(out.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("ermission denied"), "{stderr}");
@@ -255,7 +224,7 @@ fn other_user_cannot_reach_a_0600_socket() {
 
 #[test]
 fn other_user_is_refused_by_peer_uid_even_on_an_open_socket() {
-    if !require_root() {
+    if !require(Requirement::Root) {
         return;
     }
     run(async {
@@ -282,7 +251,7 @@ fn other_user_is_refused_by_peer_uid_even_on_an_open_socket() {
 
 #[test]
 fn socket_owner_lets_exactly_that_user_in() {
-    if !require_root() {
+    if !require(Requirement::Root) {
         return;
     }
     run(async {
@@ -301,7 +270,7 @@ fn socket_owner_lets_exactly_that_user_in() {
         assert_eq!(records[0].data, b"nobody's state");
         assert_eq!(c.status()[0].uid, Some(NOBODY));
         c.shutdown().await;
-        let out = dbus_vmstate::rt::spawn_blocking(move || child.wait_with_output().unwrap()).await;
+        let out = rt::spawn_blocking(move || child.wait_with_output().unwrap()).await;
         assert!(
             out.status.success(),
             "{}",
@@ -320,7 +289,7 @@ fn anonymous_authentication_is_refused() {
             .bind()
             .unwrap();
         let path = sock(dir.path(), "a");
-        let reply = dbus_vmstate::rt::spawn_blocking(move || {
+        let reply = rt::spawn_blocking(move || {
             let mut s = UnixStream::connect(&path).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             // "anonymous" as trace data, hex-encoded.
@@ -348,8 +317,8 @@ fn a_helper_cannot_reach_another_helper_through_the_coordinator() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["a", "b"]).bind().unwrap();
-        let b = MemHelper::new("b", b"b's secret".to_vec());
-        drop(spawn_helper(sock(dir.path(), "b"), b.clone()));
+        let b = Fake::new("b", b"b's secret".to_vec());
+        drop(b.spawn(sock(dir.path(), "b")));
         let a = connect_any_id(&sock(dir.path(), "a"), "a").await;
         connected(&c).await;
         // Helper a asks its peer (the coordinator) for org.qemu.VMState1
@@ -362,7 +331,7 @@ fn a_helper_cannot_reach_another_helper_through_the_coordinator() {
                 "Save",
                 &(),
             );
-            let reply = rt_timeout(call).await;
+            let reply = within("a reply", call).await;
             assert!(
                 reply.is_err(),
                 "the coordinator serves no helper state: {reply:?}"
@@ -383,19 +352,16 @@ fn helper_that_disconnects_between_calls_and_reconnects_is_served() {
         c.save(Vec::new()).await.unwrap();
         first.close().await.unwrap();
         // The coordinator notices the hang-up.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while c.status()[0].connected {
-            assert!(Instant::now() < deadline, "disconnect not noticed");
-            dbus_vmstate::rt::sleep(Duration::from_millis(10)).await;
-        }
-        // A save now waits for it to come back.
-        let save = async { c.save(Vec::new()).await };
-        let reconnect = async {
-            dbus_vmstate::rt::sleep(Duration::from_millis(200)).await;
-            connect_any_id(&path, "a").await
-        };
-        let (saved, _conn) = futures::join!(save, reconnect);
-        let (out, report) = saved.unwrap();
+        until("the coordinator to notice the hang-up", || {
+            !c.status()[0].connected
+        })
+        .await;
+        // A save now waits for it to come back: polled once, it is under
+        // way and cannot finish without the helper.
+        let mut save = std::pin::pin!(c.save(Vec::new()));
+        assert!(futures::poll!(save.as_mut()).is_pending());
+        let _conn = connect_any_id(&path, "a").await;
+        let (out, report) = save.await.unwrap();
         assert_eq!(report.helpers.len(), 1);
         let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
         assert_eq!(records[0].data, b"impostor");

@@ -3,12 +3,10 @@
 //! limits are checked when writing its format, and the payload real QEMU
 //! 7.2 wrote loads into peer-to-peer helpers.
 
-mod util;
-
 use std::path::PathBuf;
 
+use crate::util::*;
 use dbus_vmstate::stream::{self, native, qemu, Format, Limits, Record};
-use util::*;
 
 /// The payload of the `dbus-vmstate` section QEMU 7.2 wrote for helpers
 /// `idA` and `idB` (tests/data/README.md): 46 bytes of entries, then 18
@@ -136,11 +134,11 @@ fn saved_stream_too_large_for_qemu_names_the_helper() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["tpm", "slirp"]).bind().unwrap();
-        let tpm = MemHelper::new("tpm", pattern(qemu::MAX_QEMU_BLOB_BYTES + 4096, 7));
-        let slirp = MemHelper::new("slirp", pattern(1000, 8));
+        let tpm = Fake::new("tpm", pattern(qemu::MAX_QEMU_BLOB_BYTES + 4096, 7));
+        let slirp = Fake::new("slirp", pattern(1000, 8));
         let tasks = [
-            spawn_helper(sock(dir.path(), "tpm"), tpm),
-            spawn_helper(sock(dir.path(), "slirp"), slirp),
+            tpm.spawn(sock(dir.path(), "tpm")),
+            slirp.spawn(sock(dir.path(), "slirp")),
         ];
         let (saved, _) = c.save(Vec::new()).await.unwrap();
         let (_, records) = stream::read_records(&saved[..], Limits::default()).unwrap();
@@ -161,17 +159,17 @@ fn saved_stream_converted_to_qemu_loads_back() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["big", "empty"]).bind().unwrap();
-        let big = MemHelper::new("big", pattern(qemu::MAX_QEMU_BLOB_BYTES, 5));
-        let empty = MemHelper::new("empty", Vec::new());
+        let big = Fake::new("big", pattern(qemu::MAX_QEMU_BLOB_BYTES, 5));
+        let empty = Fake::new("empty", Vec::new());
         let tasks = [
-            spawn_helper(sock(dir.path(), "big"), big.clone()),
-            spawn_helper(sock(dir.path(), "empty"), empty.clone()),
+            big.spawn(sock(dir.path(), "big")),
+            empty.spawn(sock(dir.path(), "empty")),
         ];
         let (saved, _) = c.save(Vec::new()).await.unwrap();
         let (_, qemu_bytes) = convert(&saved, Format::Qemu);
         for format in [Some(Format::Qemu), None] {
-            *big.data.lock().unwrap() = vec![1; 3];
-            *empty.data.lock().unwrap() = vec![1; 3];
+            big.set_data(vec![1; 3]);
+            empty.set_data(vec![1; 3]);
             let report = c
                 .load(std::io::Cursor::new(qemu_bytes.clone()), format)
                 .await
@@ -198,11 +196,11 @@ fn qemu_written_payload_loads_into_p2p_helpers() {
         run(async move {
             let dir = tmpdir();
             let c = builder(dir.path(), &["idA", "idB"]).bind().unwrap();
-            let a = MemHelper::new("idA", Vec::new());
-            let b = MemHelper::new("idB", Vec::new());
+            let a = Fake::new("idA", Vec::new());
+            let b = Fake::new("idB", Vec::new());
             let tasks = [
-                spawn_helper(sock(dir.path(), "idA"), a.clone()),
-                spawn_helper(sock(dir.path(), "idB"), b.clone()),
+                a.spawn(sock(dir.path(), "idA")),
+                b.spawn(sock(dir.path(), "idB")),
             ];
             let report = c.load_from_path(qemu_vector(), format).await.unwrap();
             assert_eq!(report.format, Format::Qemu);
@@ -224,11 +222,11 @@ fn qemu_payload_read_as_native_calls_no_load() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["idA", "idB"]).bind().unwrap();
-        let a = MemHelper::new("idA", vec![7]);
-        let b = MemHelper::new("idB", vec![7]);
+        let a = Fake::new("idA", vec![7]);
+        let b = Fake::new("idB", vec![7]);
         let tasks = [
-            spawn_helper(sock(dir.path(), "idA"), a.clone()),
-            spawn_helper(sock(dir.path(), "idB"), b.clone()),
+            a.spawn(sock(dir.path(), "idA")),
+            b.spawn(sock(dir.path(), "idB")),
         ];
         connected(&c).await;
         let err = c

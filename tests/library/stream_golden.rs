@@ -3,7 +3,7 @@
 //!
 //! Regenerate the native golden file (only when the format version
 //! changes, as a new file) with
-//! `cargo test --test stream_golden -- --ignored regenerate_golden`.
+//! `cargo test --test library -- --ignored stream_golden::regenerate_golden`.
 
 use std::path::PathBuf;
 

@@ -1,16 +1,13 @@
 //! `serve` and its clients (`save`, `load`, `status`) as real processes,
 //! the way a deployment runs them.
 
-mod cli_util;
-mod util;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use cli_util::*;
+use crate::util::process::*;
+use crate::util::{pattern, tmpdir};
 use dbus_vmstate::stream::{native, qemu, Limits, Record};
-use util::{pattern, tmpdir};
 
 fn save(serve: &Serve, output: &Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
@@ -199,7 +196,7 @@ fn status_reports_helpers_and_transfers() {
     let a = &doc["helpers"][0];
     assert_eq!(a["id"], "a");
     assert_eq!(a["pid"], helper.0.id());
-    assert_eq!(a["uid"], unsafe { libc::geteuid() });
+    assert_eq!(a["uid"], crate::util::euid());
     assert_eq!(a["last_save"]["bytes"], 10);
     assert_eq!(a["last_load"], serde_json::Value::Null);
     let b = &doc["helpers"][1];

@@ -1,12 +1,8 @@
 //! QEMU's own dbus-vmstate test scenarios (tests/qtest/dbus-vmstate-test.c),
 //! carried over to one socket per helper.
 
-mod util;
-
-use std::time::Duration;
-
+use crate::util::*;
 use dbus_vmstate::{coordinator, Error};
-use util::*;
 
 /// Saves idA and idB from helpers holding `a` and `b`, then loads the
 /// stream into fresh helpers through `dst`; returns the fresh helpers.
@@ -15,15 +11,15 @@ async fn migrate(
     dst: coordinator::Builder,
     src_dir: &std::path::Path,
     dst_dir: &std::path::Path,
-) -> (std::sync::Arc<MemHelper>, std::sync::Arc<MemHelper>) {
+) -> (std::sync::Arc<Fake>, std::sync::Arc<Fake>) {
     let stream = src_dir.join("state.vmstate");
     let source = src.bind().unwrap();
     let (a, b) = (
-        MemHelper::new("idA", b"I'am\0idA!\0".to_vec()),
-        MemHelper::new("idB", b"I'am\0idB!\0".to_vec()),
+        Fake::new("idA", b"I'am\0idA!\0".to_vec()),
+        Fake::new("idB", b"I'am\0idB!\0".to_vec()),
     );
-    let ta = spawn_helper(sock(src_dir, "idA"), a.clone());
-    let tb = spawn_helper(sock(src_dir, "idB"), b.clone());
+    let ta = a.spawn(sock(src_dir, "idA"));
+    let tb = b.spawn(sock(src_dir, "idB"));
     let report = source.save_to_path(&stream).await.unwrap();
     assert_eq!(report.helpers.len(), 2);
     source.shutdown().await;
@@ -31,12 +27,9 @@ async fn migrate(
     tb.await.unwrap();
 
     let destination = dst.bind().unwrap();
-    let (a2, b2) = (
-        MemHelper::new("idA", Vec::new()),
-        MemHelper::new("idB", Vec::new()),
-    );
-    let ta = spawn_helper(sock(dst_dir, "idA"), a2.clone());
-    let tb = spawn_helper(sock(dst_dir, "idB"), b2.clone());
+    let (a2, b2) = (Fake::new("idA", Vec::new()), Fake::new("idB", Vec::new()));
+    let ta = a2.spawn(sock(dst_dir, "idA"));
+    let tb = b2.spawn(sock(dst_dir, "idB"));
     let report = destination.load_from_path(&stream, None).await.unwrap();
     assert_eq!(report.helpers.len(), 2);
     destination.shutdown().await;
@@ -85,9 +78,9 @@ fn only_listed_helper_is_migrated() {
         let dir = tmpdir();
         let stream = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["idA"]).bind().unwrap();
-        let a = MemHelper::new("idA", b"state A".to_vec());
-        let b = MemHelper::new("idB", b"state B".to_vec());
-        let ta = spawn_helper(sock(dir.path(), "idA"), a.clone());
+        let a = Fake::new("idA", b"state A".to_vec());
+        let b = Fake::new("idB", b"state B".to_vec());
+        let ta = a.spawn(sock(dir.path(), "idA"));
         // idB is not listed: there is no socket for it, and it never gets
         // in.
         let b_result = dbus_vmstate::helper::serve(
@@ -100,7 +93,7 @@ fn only_listed_helper_is_migrated() {
         let report = c.save_to_path(&stream).await.unwrap();
         assert_eq!(report.helpers.len(), 1);
         assert_eq!(report.helpers[0].id, "idA");
-        *a.data.lock().unwrap() = Vec::new();
+        a.set_data(Vec::new());
         c.load_from_path(&stream, None).await.unwrap();
         assert_eq!(a.data(), b"state A");
         assert_eq!((a.saves(), a.loads()), (1, 1));
@@ -119,8 +112,8 @@ fn listed_helper_missing_on_source_fails_save() {
             .connect_timeout(SHORT)
             .bind()
             .unwrap();
-        let a = MemHelper::new("idA", b"state A".to_vec());
-        let _ta = spawn_helper(sock(dir.path(), "idA"), a.clone());
+        let a = Fake::new("idA", b"state A".to_vec());
+        let _ta = a.spawn(sock(dir.path(), "idA"));
         let err = c.save_to_path(&stream).await.unwrap_err();
         assert!(
             matches!(&err, Error::NotConnected { id, .. } if id == "idB"),
@@ -143,17 +136,25 @@ fn listed_helper_missing_on_destination_fails_load() {
         let (s, d) = (tmpdir(), tmpdir());
         let stream = s.path().join("state.vmstate");
         let source = builder(s.path(), &["idA", "idB"]).bind().unwrap();
-        let _ta = spawn_helper(sock(s.path(), "idA"), MemHelper::new("idA", b"A".to_vec()));
-        let _tb = spawn_helper(sock(s.path(), "idB"), MemHelper::new("idB", b"B".to_vec()));
+        let _ta = Fake::new("idA", b"A".to_vec()).spawn(sock(s.path(), "idA"));
+        let _tb = Fake::new("idB", b"B".to_vec()).spawn(sock(s.path(), "idB"));
         source.save_to_path(&stream).await.unwrap();
         source.shutdown().await;
 
         let destination = builder(d.path(), &["idA", "idB"])
-            .connect_timeout(Duration::from_millis(300))
+            .connect_timeout(SHORT)
             .bind()
             .unwrap();
-        let a = MemHelper::new("idA", Vec::new());
-        let _ta = spawn_helper(sock(d.path(), "idA"), a.clone());
+        let a = Fake::new("idA", Vec::new());
+        let _ta = a.spawn(sock(d.path(), "idA"));
+        // idA is in, so the load can only be missing idB.
+        until("idA to connect", || {
+            destination
+                .status()
+                .iter()
+                .any(|h| h.id == "idA" && h.connected)
+        })
+        .await;
         let err = destination.load_from_path(&stream, None).await.unwrap_err();
         assert!(
             matches!(&err, Error::NotConnected { id, .. } if id == "idB"),

@@ -1,8 +1,6 @@
 //! The control interface through the library: `control::Server` around a
 //! coordinator, `control::Client` calling it, in one process.
 
-mod util;
-
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::os::unix::net::UnixStream;
@@ -11,10 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::control::{self, Client, ErrorKind, LoadOptions, SaveOptions, Server};
-use dbus_vmstate::rt;
 use dbus_vmstate::stream::{native, qemu, Format, Limits, Record};
-use util::*;
 
 fn control_path(dir: &Path) -> std::path::PathBuf {
     dir.join("control.sock")
@@ -53,10 +50,10 @@ fn save_into_a_file_then_load_from_a_socket() {
     run(async {
         let dir = tmpdir();
         let server = start(dir.path(), &["a", "b"]);
-        let a = MemHelper::new("a", pattern(4097, 1));
-        let b = MemHelper::new("b", Vec::new());
-        let ha = spawn_helper(sock(dir.path(), "a"), a.clone());
-        let hb = spawn_helper(sock(dir.path(), "b"), b.clone());
+        let a = Fake::new("a", pattern(4097, 1));
+        let b = Fake::new("b", Vec::new());
+        let ha = a.spawn(sock(dir.path(), "a"));
+        let hb = b.spawn(sock(dir.path(), "b"));
         let client = Client::connect(control_path(dir.path())).await.unwrap();
 
         let mut file = tempfile::tempfile_in(dir.path()).unwrap();
@@ -82,7 +79,7 @@ fn save_into_a_file_then_load_from_a_socket() {
         assert_eq!(status[0].pid, Some(std::process::id()));
         assert_eq!(status[0].last_save.as_ref().map(|t| t.bytes), Some(4097));
 
-        *a.data.lock().unwrap() = b"changed".to_vec();
+        a.set_data(b"changed".to_vec());
         let report = client
             .load(&feed(bytes), &LoadOptions::default())
             .await
@@ -111,8 +108,8 @@ fn qemu_format_out_and_detected_in() {
     run(async {
         let dir = tmpdir();
         let server = start(dir.path(), &["idA"]);
-        let a = MemHelper::new("idA", b"I'am\0idA!\0".to_vec());
-        let _h = spawn_helper(sock(dir.path(), "idA"), a.clone());
+        let a = Fake::new("idA", b"I'am\0idA!\0".to_vec());
+        let _h = a.spawn(sock(dir.path(), "idA"));
         let client = Client::connect(control_path(dir.path())).await.unwrap();
         let (r, w) = UnixStream::pair().unwrap();
         let reader = drain(r);
@@ -129,7 +126,7 @@ fn qemu_format_out_and_detected_in() {
             [Record::new("idA", b"I'am\0idA!\0".to_vec())]
         );
 
-        *a.data.lock().unwrap() = Vec::new();
+        a.set_data(Vec::new());
         let report = client
             .load(&feed(bytes), &LoadOptions::default())
             .await
@@ -150,12 +147,8 @@ fn errors_are_named_and_name_the_helper() {
             .bind()
             .unwrap();
         let server = Server::bind(c, control_path(dir.path())).unwrap();
-        let a = MemHelper::with(
-            "a",
-            b"a".to_vec(),
-            Behaviour::FailSave("disk on fire".into()),
-        );
-        let _h = spawn_helper(sock(dir.path(), "a"), a.clone());
+        let a = Fake::new("a", b"a".to_vec()).fail_save("disk on fire");
+        let _h = a.spawn(sock(dir.path(), "a"));
         let client = Client::connect(control_path(dir.path())).await.unwrap();
 
         // b never connects.
@@ -169,8 +162,8 @@ fn errors_are_named_and_name_the_helper() {
         assert!(e.is_migration_failure());
         assert_eq!(a.saves(), 0, "no Save while a required helper is missing");
 
-        let b = MemHelper::new("b", b"b".to_vec());
-        let _hb = spawn_helper(sock(dir.path(), "b"), b.clone());
+        let b = Fake::new("b", b"b".to_vec());
+        let _hb = b.spawn(sock(dir.path(), "b"));
         let e = client
             .save(
                 &sink,
@@ -225,8 +218,8 @@ fn bad_arguments_are_invalid_args_before_any_helper_call() {
     run(async {
         let dir = tmpdir();
         let server = start(dir.path(), &["a"]);
-        let a = MemHelper::new("a", b"a".to_vec());
-        let _h = spawn_helper(sock(dir.path(), "a"), a.clone());
+        let a = Fake::new("a", b"a".to_vec());
+        let _h = a.spawn(sock(dir.path(), "a"));
         let client = Client::connect(control_path(dir.path())).await.unwrap();
 
         // A descriptor open in the wrong direction.
@@ -289,10 +282,10 @@ fn busy_then_shutdown_cuts_the_stream_off() {
     run(async {
         let dir = tmpdir();
         let server = start(dir.path(), &["fast", "stuck"]);
-        let fast = MemHelper::new("fast", pattern(1 << 20, 5));
-        let stuck = MemHelper::with("stuck", Vec::new(), Behaviour::HangSave);
-        let _hf = spawn_helper(sock(dir.path(), "fast"), fast.clone());
-        let _hs = spawn_helper(sock(dir.path(), "stuck"), stuck.clone());
+        let fast = Fake::new("fast", pattern(1 << 20, 5));
+        let stuck = Fake::new("stuck", Vec::new()).hang_save();
+        let _hf = fast.spawn(sock(dir.path(), "fast"));
+        let _hs = stuck.spawn(sock(dir.path(), "stuck"));
         let path = control_path(dir.path());
 
         let (mut r, w) = UnixStream::pair().unwrap();
@@ -324,9 +317,11 @@ fn busy_then_shutdown_cuts_the_stream_off() {
         });
         // Wait until the fast helper's state has reached the stream while
         // the stuck helper holds the save open.
-        while !(stuck.saves() == 1 && received.load(Ordering::SeqCst) >= 1 << 20) {
-            rt::sleep(Duration::from_millis(5)).await;
-        }
+        until(
+            "fast's state in the stream and stuck's Save under way",
+            || stuck.saves() == 1 && received.load(Ordering::SeqCst) >= 1 << 20,
+        )
+        .await;
 
         let client = Client::connect(&path).await.unwrap();
         let sink = tempfile::tempfile_in(dir.path()).unwrap();
@@ -404,8 +399,8 @@ fn server_from_a_listener_leaves_its_file() {
         );
         let server = Server::from_listener(c, listener).unwrap();
         assert_eq!(server.path(), Some(path.as_path()));
-        let a = MemHelper::new("a", b"via passed socket".to_vec());
-        let _h = spawn_helper(dir.path().join("passed-a.sock"), a);
+        let a = Fake::new("a", b"via passed socket".to_vec());
+        let _h = a.spawn(dir.path().join("passed-a.sock"));
         let client = Client::connect(&path).await.unwrap();
         let (r, w) = UnixStream::pair().unwrap();
         let reader = drain(r);

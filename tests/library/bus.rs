@@ -3,14 +3,12 @@
 //! finds helpers (the queued owners of `org.qemu.VMState1`). Needs the
 //! `dbus-daemon` program.
 
-mod util;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dbus_vmstate::{helper, iface, rt};
-use util::*;
+use crate::util::*;
+use dbus_vmstate::{helper, iface};
 use zbus::Connection;
 
 /// A private session bus, stopped when dropped.
@@ -20,6 +18,8 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Starts one and reads its address, failing the test if it prints
+    /// none within [`EVENT_TIMEOUT`].
     fn start() -> Daemon {
         let mut child = Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
@@ -27,11 +27,19 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start dbus-daemon (Debian package dbus-daemon)");
-        let mut address = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut address)
-            .unwrap();
+            .expect("start dbus-daemon");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut address = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut address);
+            let _ = tx.send(address);
+        });
+        let Ok(address) = rx.recv_timeout(EVENT_TIMEOUT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dbus-daemon printed no address within {EVENT_TIMEOUT:?}");
+        };
         Daemon {
             child,
             address: address.trim().to_string(),
@@ -81,10 +89,13 @@ async fn id_of(conn: &Connection, owner: &str) -> String {
 
 #[test]
 fn helpers_serve_qemus_design_on_a_bus() {
+    if !require(Requirement::DbusDaemon) {
+        return;
+    }
     let daemon = Daemon::start();
     run(async move {
-        let a = MemHelper::new("a", b"state of a".to_vec());
-        let b = MemHelper::new("b", vec![9; 100_000]);
+        let a = Fake::new("a", b"state of a".to_vec());
+        let b = Fake::new("b", vec![9; 100_000]);
         for state in [a.clone(), b.clone()] {
             let address = daemon.address.clone();
             drop(rt::spawn(async move {
@@ -95,20 +106,17 @@ fn helpers_serve_qemus_design_on_a_bus() {
             .build()
             .await
             .unwrap();
-        let mut owners = Vec::new();
-        for _ in 0..500 {
-            owners = queued_owners(&conn).await;
-            if owners.len() == 2 {
-                break;
+        // Both helpers queue for the name.
+        let owners = within("both helpers to queue for org.qemu.VMState1", async {
+            loop {
+                let owners = queued_owners(&conn).await;
+                if owners.len() == 2 {
+                    break owners;
+                }
+                rt::sleep(Duration::from_millis(10)).await;
             }
-            rt::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            owners.len(),
-            2,
-            "both helpers queue for {}",
-            iface::BUS_NAME
-        );
+        })
+        .await;
 
         for owner in &owners {
             let id = id_of(&conn, owner).await;
@@ -130,7 +138,7 @@ fn helpers_serve_qemus_design_on_a_bus() {
                 iface::OBJECT_PATH,
                 Some(iface::INTERFACE),
                 iface::METHOD_LOAD,
-                &iface::BlobRef(b"new state"),
+                &serde_bytes::Bytes::new(b"new state"),
             )
             .await
             .unwrap();

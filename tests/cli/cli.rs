@@ -1,27 +1,12 @@
 //! The real binary, run as a user would.
 
-mod util;
-
-use std::process::{Command, Output};
-
+use crate::util::process::{bin, run_bin, text, wait, wait_output};
+use crate::util::*;
 use dbus_vmstate::stream::{native, Record};
-use util::*;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dbus-vmstate"))
-}
-
-fn run_bin(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run dbus-vmstate")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[test]
 fn demo_migrates_and_verifies() {
-    let out = run_bin(&["demo", "--helpers", "3", "--size", "4097"]);
+    let out = run_bin(["demo", "--helpers", "3", "--size", "4097"]);
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -41,14 +26,14 @@ fn demo_migrates_and_verifies() {
 
 #[test]
 fn demo_with_empty_state() {
-    let out = run_bin(&["demo", "--helpers", "1", "--size", "0"]);
+    let out = run_bin(["demo", "--helpers", "1", "--size", "0"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]
 fn demo_keeps_its_files_in_a_given_directory() {
     let dir = tmpdir();
-    let out = run_bin(&[
+    let out = run_bin([
         "demo",
         "--helpers",
         "2",
@@ -95,7 +80,7 @@ fn bad_arguments_exit_2_with_a_clear_message() {
 #[test]
 fn help_shows_examples() {
     for cmd in ["demo", "helper"] {
-        let out = run_bin(&[cmd, "--help"]);
+        let out = run_bin([cmd, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         assert!(text(&out.stdout).contains("Example"), "{cmd} --help");
     }
@@ -127,9 +112,7 @@ fn helper_serves_and_replaces_a_state_file() {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 
         c.shutdown().await;
-        let status = dbus_vmstate::rt::spawn_blocking(move || child.wait())
-            .await
-            .unwrap();
+        let status = rt::spawn_blocking(move || wait(&mut child)).await;
         assert!(
             status.success(),
             "helper exits 0 when the coordinator closes"
@@ -155,19 +138,22 @@ fn helper_with_missing_state_file_fails_save_naming_the_file() {
             "{msg}"
         );
         c.shutdown().await;
-        let _ = child.wait();
+        wait(&mut child);
     });
 }
 
 #[test]
 fn helper_without_coordinator_gives_up_after_its_timeout() {
     let dir = tmpdir();
-    let out = bin()
+    let child = bin()
         .args(["helper", "--socket"])
         .arg(sock(dir.path(), "a"))
         .args(["--id", "a", "--state-file", "x", "--connect-timeout", "0.2"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let out = wait_output(child);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("cannot connect to"),
@@ -178,7 +164,7 @@ fn helper_without_coordinator_gives_up_after_its_timeout() {
 
 #[test]
 fn demo_plain_uses_qemus_interface_only() {
-    let out = run_bin(&["demo", "--helpers", "2", "--size", "70000", "--plain"]);
+    let out = run_bin(["demo", "--helpers", "2", "--size", "70000", "--plain"]);
     let stdout = text(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -193,7 +179,7 @@ fn demo_plain_uses_qemus_interface_only() {
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(rows.iter().all(|r| r.contains(" plain ")), "{stdout}");
     // Without the flag the same helpers stream.
-    let out = run_bin(&["demo", "--helpers", "1", "--size", "70000"]);
+    let out = run_bin(["demo", "--helpers", "1", "--size", "70000"]);
     assert!(
         text(&out.stdout).contains(" stream "),
         "{}",

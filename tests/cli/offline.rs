@@ -1,13 +1,10 @@
 //! `inspect` and `convert` on good and bad streams, as the real binary.
 
-mod cli_util;
-mod util;
-
 use std::path::{Path, PathBuf};
 
-use cli_util::*;
+use crate::util::process::*;
+use crate::util::{pattern, tmpdir};
 use dbus_vmstate::stream::{native, qemu, Limits, Record};
-use util::{pattern, tmpdir};
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

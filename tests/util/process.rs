@@ -84,6 +84,18 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A `--save-cmd` that touches `started`, then blocks until its helper
+/// process is gone (at most [`DEADLINE`]) and prints "late": a `Save` that
+/// is under way once `started` exists, and stays so for the test.
+pub fn blocking_save_cmd(started: &Path) -> String {
+    let polls = DEADLINE.as_millis() / 10;
+    format!(
+        "touch {}; i=0; while kill -0 $PPID 2>/dev/null && [ $i -lt {polls} ]; \
+         do sleep 0.01; i=$((i+1)); done; echo late",
+        started.display()
+    )
+}
+
 /// A running `dbus-vmstate serve`, killed if still running when dropped.
 pub struct Serve {
     pub child: Child,

@@ -2,114 +2,13 @@
 //! D-Bus message cap, plain and streaming helpers side by side, and every
 //! way a streamed transfer can go wrong.
 
-mod util;
-
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::coordinator::Mode;
 use dbus_vmstate::error::Call;
-use dbus_vmstate::helper::{self, BoxError, State};
 use dbus_vmstate::stream::{native, Limits};
-use dbus_vmstate::{iface, rt, Error};
-use util::*;
-
-/// What a [`Streamer`] does when saving or loading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Act {
-    /// Moves the whole state.
-    Whole,
-    /// Moves this many bytes, then fails with an error.
-    FailAfter(usize),
-    /// Moves this many bytes, then blocks for an hour.
-    StallAfter(usize),
-    /// Loads only this many bytes and returns success.
-    StopAfter(usize),
-}
-
-/// A helper implementing the streaming hooks only.
-struct Streamer {
-    id: String,
-    data: Mutex<Vec<u8>>,
-    save: Act,
-    load: Act,
-    saves: AtomicUsize,
-    loads: AtomicUsize,
-    /// Set when writing the state failed (the coordinator closed its end).
-    write_failed: std::sync::atomic::AtomicBool,
-}
-
-impl Streamer {
-    fn new(id: &str, data: Vec<u8>, save: Act, load: Act) -> Arc<Self> {
-        Arc::new(Streamer {
-            id: id.to_string(),
-            data: Mutex::new(data),
-            save,
-            load,
-            saves: AtomicUsize::new(0),
-            loads: AtomicUsize::new(0),
-            write_failed: Default::default(),
-        })
-    }
-
-    fn data(&self) -> Vec<u8> {
-        self.data.lock().unwrap().clone()
-    }
-}
-
-impl State for Streamer {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
-        self.saves.fetch_add(1, Ordering::SeqCst);
-        let data = self.data();
-        match self.save {
-            Act::Whole | Act::StopAfter(_) => {
-                if let Err(e) = out.write_all(&data) {
-                    self.write_failed.store(true, Ordering::SeqCst);
-                    return Err(e.into());
-                }
-            }
-            Act::FailAfter(n) => {
-                out.write_all(&data[..n])?;
-                return Err("disk on fire".into());
-            }
-            Act::StallAfter(n) => {
-                out.write_all(&data[..n])?;
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        }
-        Ok(())
-    }
-
-    fn load_from(&self, input: &mut dyn Read) -> Result<(), BoxError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        let mut data = Vec::new();
-        match self.load {
-            Act::Whole => {
-                input.read_to_end(&mut data)?;
-            }
-            Act::FailAfter(n) => {
-                input.take(n as u64).read_to_end(&mut data)?;
-                return Err("bad version".into());
-            }
-            Act::StallAfter(n) => {
-                input.take(n as u64).read_to_end(&mut data)?;
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-            Act::StopAfter(n) => {
-                input.take(n as u64).read_to_end(&mut data)?;
-            }
-        }
-        *self.data.lock().unwrap() = data;
-        Ok(())
-    }
-}
+use dbus_vmstate::{iface, Error};
 
 /// Fast test data of `len` bytes (every 4 KiB page distinct).
 fn big(len: usize, seed: u8) -> Vec<u8> {
@@ -123,30 +22,19 @@ fn big(len: usize, seed: u8) -> Vec<u8> {
     v
 }
 
-fn spawn_with(dir: &std::path::Path, state: Arc<dyn State>, streaming: bool) {
-    let socket = sock(dir, state.id());
-    drop(rt::spawn(helper::serve(
-        socket,
-        state,
-        helper::Options::default()
-            .connect_timeout(Duration::from_secs(10))
-            .streaming(streaming),
-    )));
-}
-
 fn round_trip(size: usize) {
     run(async move {
         let dir = tmpdir();
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
         let original = big(size, 0x5a);
-        let a = Streamer::new("a", original.clone(), Act::Whole, Act::Whole);
-        spawn_with(dir.path(), a.clone(), true);
+        let a = Fake::new("a", original.clone());
+        drop(a.spawn_in(dir.path()));
         let saved = c.save_to_path(&path).await.unwrap();
         assert_eq!(saved.helpers[0].mode, Mode::Stream);
         assert_eq!(saved.helpers[0].transfer.bytes, size as u64);
 
-        *a.data.lock().unwrap() = vec![1, 2, 3];
+        a.set_data(vec![1, 2, 3]);
         let loaded = c.load_from_path(&path, None).await.unwrap();
         assert_eq!(loaded.helpers[0].mode, Mode::Stream);
         assert!(a.data() == original, "{size} bytes came back different");
@@ -186,8 +74,8 @@ fn plain_only_helper_over_the_cap_fails_with_a_clear_error() {
         let dir = tmpdir();
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let a = MemHelper::new("a", vec![7; iface::MAX_SAVE_BLOB_BYTES + 1]);
-        spawn_with(dir.path(), a.clone(), false);
+        let a = Fake::new("a", vec![7; iface::MAX_SAVE_BLOB_BYTES + 1]).plain();
+        drop(a.spawn_in(dir.path()));
         let err = c.save_to_path(&path).await.unwrap_err();
         assert!(
             matches!(
@@ -242,10 +130,11 @@ fn streaming_helper_failing_mid_save_reports_its_named_error() {
         let dir = tmpdir();
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a", "b"]).bind().unwrap();
-        let a = Streamer::new("a", big(3 << 20, 1), Act::Whole, Act::Whole);
-        let b = Streamer::new("b", big(6 << 20, 2), Act::FailAfter(5 << 20), Act::Whole);
-        spawn_with(dir.path(), a.clone(), true);
-        spawn_with(dir.path(), b.clone(), true);
+        let a = Fake::new("a", big(3 << 20, 1));
+        let b = Fake::new("b", big(6 << 20, 2))
+            .save_does(Step::FailAfter(5 << 20, "disk on fire".into()));
+        drop(a.spawn_in(dir.path()));
+        drop(b.spawn_in(dir.path()));
         let err = c.save_to_path(&path).await.unwrap_err();
         assert!(
             matches!(&err, Error::Call { id, call: Call::Save, .. } if id == "b"),
@@ -266,8 +155,9 @@ fn streaming_helper_failing_mid_load_reports_its_named_error() {
         let dir = tmpdir();
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let a = Streamer::new("a", big(8 << 20, 1), Act::Whole, Act::FailAfter(3 << 20));
-        spawn_with(dir.path(), a.clone(), true);
+        let a = Fake::new("a", big(8 << 20, 1))
+            .load_does(Step::FailAfter(3 << 20, "bad version".into()));
+        drop(a.spawn_in(dir.path()));
         c.save_to_path(&path).await.unwrap();
         let err = c.load_from_path(&path, None).await.unwrap_err();
         assert!(
@@ -288,8 +178,8 @@ fn helper_loading_only_part_of_its_state_fails() {
         let dir = tmpdir();
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let a = Streamer::new("a", big(2 << 20, 1), Act::Whole, Act::StopAfter(1000));
-        spawn_with(dir.path(), a.clone(), true);
+        let a = Fake::new("a", big(2 << 20, 1)).load_does(Step::StopAfter(1000));
+        drop(a.spawn_in(dir.path()));
         c.save_to_path(&path).await.unwrap();
         let err = c.load_from_path(&path, None).await.unwrap_err();
         assert_eq!(
@@ -314,8 +204,8 @@ fn helper_stalling_mid_stream_times_out() {
             .call_timeout(SHORT)
             .bind()
             .unwrap();
-        let a = Streamer::new("a", big(8 << 20, 1), Act::StallAfter(2 << 20), Act::Whole);
-        spawn_with(dir.path(), a.clone(), true);
+        let a = Fake::new("a", big(8 << 20, 1)).save_does(Step::HangAfter(2 << 20));
+        drop(a.spawn_in(dir.path()));
         let err = c.save_to_path(&path).await.unwrap_err();
         assert!(
             matches!(&err, Error::Timeout { id, call: Call::Save, .. } if id == "a"),
@@ -333,14 +223,14 @@ fn mixed_plain_and_streaming_helpers_move_concurrently() {
         let ids = ["s1", "s2", "p1", "p2"];
         let c = builder(dir.path(), &ids).bind().unwrap();
         let originals: Vec<Vec<u8>> = (0..4).map(|i| big((3 << 20) + i * 4099, i as u8)).collect();
-        let s1 = Streamer::new("s1", originals[0].clone(), Act::Whole, Act::Whole);
-        let s2 = Streamer::new("s2", originals[1].clone(), Act::Whole, Act::Whole);
-        let p1 = MemHelper::new("p1", originals[2].clone());
-        let p2 = MemHelper::new("p2", originals[3].clone());
-        spawn_with(dir.path(), s1.clone(), true);
-        spawn_with(dir.path(), s2.clone(), true);
-        spawn_with(dir.path(), p1.clone(), false);
-        spawn_with(dir.path(), p2.clone(), false);
+        let s1 = Fake::new("s1", originals[0].clone());
+        let s2 = Fake::new("s2", originals[1].clone());
+        let p1 = Fake::new("p1", originals[2].clone()).plain();
+        let p2 = Fake::new("p2", originals[3].clone()).plain();
+        drop(s1.spawn_in(dir.path()));
+        drop(s2.spawn_in(dir.path()));
+        drop(p1.spawn_in(dir.path()));
+        drop(p2.spawn_in(dir.path()));
 
         let saved = c.save_to_path(&path).await.unwrap();
         let mode = |list: &[dbus_vmstate::coordinator::HelperReport], id: &str| {
@@ -359,10 +249,10 @@ fn mixed_plain_and_streaming_helpers_move_concurrently() {
         assert_eq!(records.len(), 4);
 
         for s in [&s1, &s2] {
-            *s.data.lock().unwrap() = Vec::new();
+            s.set_data(Vec::new());
         }
         for p in [&p1, &p2] {
-            *p.data.lock().unwrap() = Vec::new();
+            p.set_data(Vec::new());
         }
         let loaded = c.load_from_path(&path, None).await.unwrap();
         assert_eq!(mode(&loaded.helpers, "s2"), Some(Mode::Stream));
@@ -381,14 +271,16 @@ fn optional_helper_failing_mid_stream_is_left_out() {
             .optional("b")
             .bind()
             .unwrap();
-        let a = Streamer::new("a", big(3 << 20, 1), Act::Whole, Act::Whole);
-        let b = Streamer::new("b", big(5 << 20, 2), Act::FailAfter(4 << 20), Act::Whole);
-        spawn_with(dir.path(), a.clone(), true);
-        spawn_with(dir.path(), b.clone(), true);
+        let a = Fake::new("a", big(3 << 20, 1));
+        let b = Fake::new("b", big(5 << 20, 2))
+            .save_does(Step::FailAfter(4 << 20, "disk on fire".into()));
+        drop(a.spawn_in(dir.path()));
+        drop(b.spawn_in(dir.path()));
         // b is optional: save would not wait for it.
-        while !c.status().iter().all(|h| h.connected) {
-            rt::sleep(Duration::from_millis(5)).await;
-        }
+        until("a and b to connect", || {
+            c.status().iter().all(|h| h.connected)
+        })
+        .await;
         let saved = c.save_to_path(&path).await.unwrap();
         assert_eq!(saved.helpers.len(), 1);
         assert_eq!(saved.skipped[0].id, "b");
@@ -412,13 +304,13 @@ fn non_seekable_input_is_spooled_and_loaded() {
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a", "p"]).bind().unwrap();
         let original = big(20 << 20, 9);
-        let a = Streamer::new("a", original.clone(), Act::Whole, Act::Whole);
-        let p = MemHelper::new("p", vec![4; 5000]);
-        spawn_with(dir.path(), a.clone(), true);
-        spawn_with(dir.path(), p.clone(), false);
+        let a = Fake::new("a", original.clone());
+        let p = Fake::new("p", vec![4; 5000]).plain();
+        drop(a.spawn_in(dir.path()));
+        drop(p.spawn_in(dir.path()));
         c.save_to_path(&path).await.unwrap();
-        *a.data.lock().unwrap() = Vec::new();
-        *p.data.lock().unwrap() = Vec::new();
+        a.set_data(Vec::new());
+        p.set_data(Vec::new());
         // A reader with no Seek: `load` spools it (past the memory part).
         let file = std::fs::File::open(&path).unwrap();
         let loaded = c.load(file.take(u64::MAX), None).await.unwrap();
@@ -462,11 +354,11 @@ fn input_changing_after_verification_never_completes_a_streamed_load() {
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
         let original = big(3 << 20, 5);
-        let a = Streamer::new("a", original.clone(), Act::Whole, Act::Whole);
-        spawn_with(dir.path(), a.clone(), true);
+        let a = Fake::new("a", original.clone());
+        drop(a.spawn_in(dir.path()));
         c.save_to_path(&path).await.unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        *a.data.lock().unwrap() = b"old".to_vec();
+        a.set_data(b"old".to_vec());
         // A byte of the helper's END record (after all its chunks; the
         // stream ends with END and STREAM_END, 28 bytes each).
         let flip_at = bytes.len() - 2 * 28 + 14;
@@ -487,53 +379,9 @@ fn input_changing_after_verification_never_completes_a_streamed_load() {
         );
         // Verification passed, so LoadFd was called; the helper saw its
         // input end short and kept its old state.
-        assert_eq!(a.loads.load(Ordering::SeqCst), 1);
+        assert_eq!(a.loads(), 1);
         assert_eq!(a.data(), b"old", "the helper loaded a state that failed");
     });
-}
-
-/// A helper on raw zbus whose `SaveFd` writes `write` bytes but claims
-/// `claim`, and whose `LoadFd` reads `read` bytes, closes its end and
-/// claims success.
-struct Liar {
-    write: usize,
-    claim: u64,
-    read: usize,
-}
-
-struct LiarVm;
-
-#[zbus::interface(name = "org.qemu.VMState1")]
-impl LiarVm {
-    #[zbus(property)]
-    async fn id(&self) -> String {
-        "a".to_string()
-    }
-}
-
-#[zbus::interface(name = "org.dbusvmstate.Stream1")]
-impl Liar {
-    async fn save_fd(&self, fd: zbus::OwnedFd) -> u64 {
-        let mut s = UnixStream::from(std::os::fd::OwnedFd::from(fd));
-        let _ = s.write_all(&vec![1; self.write]);
-        self.claim
-    }
-
-    async fn load_fd(&self, fd: zbus::OwnedFd, _size: u64) {
-        let mut s = UnixStream::from(std::os::fd::OwnedFd::from(fd));
-        let _ = s.read_exact(&mut vec![0; self.read]);
-    }
-}
-
-async fn spawn_liar(dir: &std::path::Path, liar: Liar) -> zbus::Connection {
-    let stream = UnixStream::connect(sock(dir, "a")).unwrap();
-    zbus::connection::Builder::unix_stream(stream)
-        .p2p()
-        .serve_at(iface::OBJECT_PATH, LiarVm)
-        .serve_at(iface::OBJECT_PATH, liar)
-        .build()
-        .await
-        .unwrap()
 }
 
 #[test]
@@ -542,12 +390,10 @@ fn helper_closing_its_socket_early_on_save_fails_the_save() {
         let dir = tmpdir();
         let path = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let liar = Liar {
-            write: 1000,
-            claim: 5000,
-            read: 0,
-        };
-        let _conn = spawn_liar(dir.path(), liar).await;
+        let _conn = Raw::new("a")
+            .lying_stream(1000, 5000, 0)
+            .connect(&sock(dir.path(), "a"))
+            .await;
         connected(&c).await;
         let err = c.save_to_path(&path).await.unwrap_err();
         assert!(
@@ -568,12 +414,10 @@ fn helper_closing_its_socket_early_on_load_fails_the_load() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let liar = Liar {
-            write: 0,
-            claim: 0,
-            read: 1000,
-        };
-        let _conn = spawn_liar(dir.path(), liar).await;
+        let _conn = Raw::new("a")
+            .lying_stream(0, 0, 1000)
+            .connect(&sock(dir.path(), "a"))
+            .await;
         connected(&c).await;
         let size = 16 << 20;
         let stream =
@@ -621,14 +465,14 @@ fn output_failure_stops_streaming_helpers_and_is_reported() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let a = Streamer::new("a", big(64 << 20, 1), Act::Whole, Act::Whole);
-        spawn_with(dir.path(), a.clone(), true);
+        let a = Fake::new("a", big(64 << 20, 1));
+        drop(a.spawn_in(dir.path()));
         let err = c.save(FullDisk { room: 2 << 20 }).await.unwrap_err();
         assert!(
             matches!(&err, Error::Io { source, .. } if source.raw_os_error() == Some(28)),
             "{err}"
         );
         // The helper was stopped rather than left to stream all 64 MiB.
-        assert!(a.write_failed.load(Ordering::SeqCst));
+        assert!(a.write_failed());
     });
 }

@@ -1,13 +1,10 @@
 //! Faults and QEMU streams through the real processes: `serve`, its
 //! clients and `helper` processes.
 
-mod cli_util;
-mod util;
-
 use std::time::{Duration, Instant};
 
-use cli_util::*;
-use util::tmpdir;
+use crate::util::process::*;
+use crate::util::tmpdir;
 
 /// The payload real QEMU 7.2 wrote loads into two file helpers through
 /// `load --format qemu`, and through detection without the flag.
@@ -54,7 +51,7 @@ fn helper_process_killed_during_save_fails_the_save() {
     let dir = root.join("s");
     let serve = Serve::start(&dir, &["--id-list", "db", "--timeout", "25"]);
     let marker = root.join("save-started");
-    let save_cmd = format!("touch {}; sleep 20", marker.display());
+    let save_cmd = blocking_save_cmd(&marker);
     let mut helper = Helper::start(&dir, "db", &["--save-cmd", &save_cmd]);
     let output = root.join("out.vmstate");
     let save = bin()

@@ -1,13 +1,11 @@
 //! `protocol/org.qemu.VMState1.xml` is the contract: what a helper built
 //! with this library serves must match it member for member.
 
-mod util;
-
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixListener;
 
+use crate::util::*;
 use dbus_vmstate::iface;
-use util::*;
 
 /// (kind, name, details) for every member of the interface, from an
 /// introspection document.
@@ -60,7 +58,7 @@ fn members(xml: &str, interface: &str) -> BTreeSet<(String, String, String)> {
 
 #[test]
 fn protocol_xml_describes_qemus_interface() {
-    let xml = include_str!("../protocol/org.qemu.VMState1.xml");
+    let xml = include_str!("../../protocol/org.qemu.VMState1.xml");
     let got = members(xml, iface::INTERFACE);
     let want: BTreeSet<_> = [
         ("property", "Id", "type=s access=read"),
@@ -79,7 +77,7 @@ fn helper_serves_exactly_the_protocol_interface() {
         let dir = tmpdir();
         let path = sock(dir.path(), "a");
         let listener = UnixListener::bind(&path).unwrap();
-        let helper = spawn_helper(&path, MemHelper::new("a", vec![1, 2, 3]));
+        let helper = Fake::new("a", vec![1, 2, 3]).spawn(&path);
         let (stream, _) = listener.accept().unwrap();
         let conn = zbus::connection::Builder::unix_stream(stream)
             .server(zbus::Guid::generate())
@@ -98,7 +96,7 @@ fn helper_serves_exactly_the_protocol_interface() {
             .await
             .unwrap();
         let served: String = reply.body().deserialize().unwrap();
-        let spec = include_str!("../protocol/org.qemu.VMState1.xml");
+        let spec = include_str!("../../protocol/org.qemu.VMState1.xml");
         assert_eq!(
             members(&served, iface::INTERFACE),
             members(spec, iface::INTERFACE),
@@ -111,7 +109,7 @@ fn helper_serves_exactly_the_protocol_interface() {
 
 #[test]
 fn iface_constants_match_the_protocol_xml() {
-    let xml = include_str!("../protocol/org.qemu.VMState1.xml");
+    let xml = include_str!("../../protocol/org.qemu.VMState1.xml");
     assert!(xml.contains(&format!("<interface name=\"{}\">", iface::INTERFACE)));
     assert!(xml.contains(&format!("<node name=\"{}\">", iface::OBJECT_PATH)));
     for member in [iface::METHOD_SAVE, iface::METHOD_LOAD] {
@@ -145,7 +143,7 @@ fn control_server_serves_exactly_the_protocol_interface() {
             .await
             .unwrap();
         let served: String = reply.body().deserialize().unwrap();
-        let spec = include_str!("../protocol/org.dbusvmstate.Control1.xml");
+        let spec = include_str!("../../protocol/org.dbusvmstate.Control1.xml");
         let want = members(spec, control::INTERFACE);
         assert_eq!(want.len(), 3, "Save, Load, Status");
         assert_eq!(
@@ -169,17 +167,24 @@ fn control_server_serves_exactly_the_protocol_interface() {
     });
 }
 
+/// Whether an introspection document lists `interface` on its root node.
+fn lists(xml: &str, interface: &str) -> bool {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(xml, options).expect("valid XML");
+    doc.root_element()
+        .children()
+        .any(|n| n.has_tag_name("interface") && n.attribute("name") == Some(interface))
+}
+
 /// The served introspection document of a library helper.
-async fn served_introspection(options: dbus_vmstate::helper::Options) -> String {
+async fn served_introspection(fake: std::sync::Arc<Fake>) -> String {
     let dir = tmpdir();
     let path = sock(dir.path(), "a");
     let listener = UnixListener::bind(&path).unwrap();
-    let state = MemHelper::new("a", vec![1, 2, 3]);
-    let helper = dbus_vmstate::rt::spawn(dbus_vmstate::helper::serve(
-        path.clone(),
-        state,
-        options.connect_timeout(std::time::Duration::from_secs(10)),
-    ));
+    let helper = fake.spawn(&path);
     let (stream, _) = listener.accept().unwrap();
     let conn = zbus::connection::Builder::unix_stream(stream)
         .server(zbus::Guid::generate())
@@ -205,7 +210,7 @@ async fn served_introspection(options: dbus_vmstate::helper::Options) -> String 
 
 #[test]
 fn stream_protocol_xml_describes_the_streaming_interface() {
-    let xml = include_str!("../protocol/org.dbusvmstate.Stream1.xml");
+    let xml = include_str!("../../protocol/org.dbusvmstate.Stream1.xml");
     let got = members(xml, iface::STREAM_INTERFACE);
     let want: BTreeSet<_> = [
         ("method", "SaveFd", "fd:h:in,size:t:out"),
@@ -224,19 +229,19 @@ fn stream_protocol_xml_describes_the_streaming_interface() {
 #[test]
 fn helper_serves_exactly_the_stream_protocol_interface() {
     run(async {
-        let served = served_introspection(dbus_vmstate::helper::Options::default()).await;
-        let spec = include_str!("../protocol/org.dbusvmstate.Stream1.xml");
+        let served = served_introspection(Fake::new("a", vec![1, 2, 3])).await;
+        let spec = include_str!("../../protocol/org.dbusvmstate.Stream1.xml");
         assert_eq!(
             members(&served, iface::STREAM_INTERFACE),
             members(spec, iface::STREAM_INTERFACE),
             "served introspection:\n{served}"
         );
-        assert!(iface::introspection_lists(&served, iface::STREAM_INTERFACE));
+        assert!(lists(&served, iface::STREAM_INTERFACE));
         // QEMU's interface is untouched beside it.
         assert_eq!(
             members(&served, iface::INTERFACE),
             members(
-                include_str!("../protocol/org.qemu.VMState1.xml"),
+                include_str!("../../protocol/org.qemu.VMState1.xml"),
                 iface::INTERFACE
             )
         );
@@ -246,12 +251,8 @@ fn helper_serves_exactly_the_stream_protocol_interface() {
 #[test]
 fn helper_without_streaming_serves_only_qemus_interface() {
     run(async {
-        let options = dbus_vmstate::helper::Options::default().streaming(false);
-        let served = served_introspection(options).await;
-        assert!(!iface::introspection_lists(
-            &served,
-            iface::STREAM_INTERFACE
-        ));
-        assert!(iface::introspection_lists(&served, iface::INTERFACE));
+        let served = served_introspection(Fake::new("a", vec![1, 2, 3]).plain()).await;
+        assert!(!lists(&served, iface::STREAM_INTERFACE));
+        assert!(lists(&served, iface::INTERFACE));
     });
 }

@@ -1,9 +1,7 @@
 //! Save and load round trips at blob sizes around the boundaries that have
 //! broken implementations before (QEMU once could not load over 4 KiB).
 
-mod util;
-
-use util::*;
+use crate::util::*;
 
 fn round_trip(size: usize) {
     run(async move {
@@ -11,17 +9,17 @@ fn round_trip(size: usize) {
         let stream = dir.path().join("state.vmstate");
         let c = builder(dir.path(), &["big", "small"]).bind().unwrap();
         let original = pattern(size, 0x5a);
-        let big = MemHelper::new("big", original.clone());
-        let small = MemHelper::new("small", vec![7]);
-        let tb = spawn_helper(sock(dir.path(), "big"), big.clone());
-        let ts = spawn_helper(sock(dir.path(), "small"), small.clone());
+        let big = Fake::new("big", original.clone());
+        let small = Fake::new("small", vec![7]);
+        let tb = big.spawn(sock(dir.path(), "big"));
+        let ts = small.spawn(sock(dir.path(), "small"));
         let saved = c.save_to_path(&stream).await.unwrap();
         let big_report = saved.helpers.iter().find(|h| h.id == "big").unwrap();
         assert_eq!(big_report.transfer.bytes, size as u64);
 
         // Wipe, then restore from the file.
-        *big.data.lock().unwrap() = vec![0xee; 3];
-        *small.data.lock().unwrap() = Vec::new();
+        big.set_data(vec![0xee; 3]);
+        small.set_data(Vec::new());
         let loaded = c.load_from_path(&stream, None).await.unwrap();
         assert_eq!(loaded.helpers.len(), 2);
         assert!(

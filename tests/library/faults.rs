@@ -1,39 +1,37 @@
 //! Misbehaving helpers and damaged streams: each fails cleanly, names the
 //! helper, leaves no output file, and calls no Load from a bad stream.
 
-mod util;
-
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::error::Call;
 use dbus_vmstate::{iface, Error};
-use util::*;
 
 /// A coordinator for a and b with both helpers connected.
 async fn two_helpers(
     dir: &std::path::Path,
-    b_behaviour: Behaviour,
+    script_b: impl FnOnce(std::sync::Arc<Fake>) -> std::sync::Arc<Fake>,
     call_timeout: Duration,
 ) -> (
     dbus_vmstate::coordinator::Coordinator,
-    std::sync::Arc<MemHelper>,
-    std::sync::Arc<MemHelper>,
+    std::sync::Arc<Fake>,
+    std::sync::Arc<Fake>,
 ) {
     let c = builder(dir, &["a", "b"])
         .call_timeout(call_timeout)
         .bind()
         .unwrap();
-    let a = MemHelper::new("a", pattern(5000, 1));
-    let b = MemHelper::with("b", pattern(3000, 2), b_behaviour);
-    drop(spawn_helper(sock(dir, "a"), a.clone()));
-    drop(spawn_helper(sock(dir, "b"), b.clone()));
+    let a = Fake::new("a", pattern(5000, 1));
+    let b = script_b(Fake::new("b", pattern(3000, 2)));
+    drop(a.spawn(sock(dir, "a")));
+    drop(b.spawn(sock(dir, "b")));
     connected(&c).await;
     (c, a, b)
 }
 
 /// Saves a good stream of a and b into `dir/good.vmstate`, returns its bytes.
 async fn good_stream(dir: &std::path::Path) -> Vec<u8> {
-    let (c, _, _) = two_helpers(dir, Behaviour::Normal, Duration::from_secs(10)).await;
+    let (c, _, _) = two_helpers(dir, |b| b, Duration::from_secs(10)).await;
     let path = dir.join("good.vmstate");
     c.save_to_path(&path).await.unwrap();
     c.shutdown().await;
@@ -47,7 +45,7 @@ fn save_error_reply_names_helper_and_writes_nothing() {
         let out = dir.path().join("out.vmstate");
         let (c, a, b) = two_helpers(
             dir.path(),
-            Behaviour::FailSave("disk on fire".into()),
+            |b| b.fail_save("disk on fire"),
             Duration::from_secs(10),
         )
         .await;
@@ -78,12 +76,8 @@ fn save_error_leaves_existing_file_untouched() {
         let dir = tmpdir();
         let out = dir.path().join("out.vmstate");
         std::fs::write(&out, b"previous").unwrap();
-        let (c, _, _) = two_helpers(
-            dir.path(),
-            Behaviour::FailSave("nope".into()),
-            Duration::from_secs(10),
-        )
-        .await;
+        let (c, _, _) =
+            two_helpers(dir.path(), |b| b.fail_save("nope"), Duration::from_secs(10)).await;
         c.save_to_path(&out).await.unwrap_err();
         assert_eq!(std::fs::read(&out).unwrap(), b"previous");
     });
@@ -96,7 +90,7 @@ fn load_error_reply_names_helper() {
         let stream = good_stream(dir.path()).await;
         let (c, a, b) = two_helpers(
             dir.path(),
-            Behaviour::FailLoad("bad version".into()),
+            |b| b.fail_load("bad version"),
             Duration::from_secs(10),
         )
         .await;
@@ -123,7 +117,7 @@ fn save_that_never_answers_times_out() {
     run(async {
         let dir = tmpdir();
         let out = dir.path().join("out.vmstate");
-        let (c, _, _) = two_helpers(dir.path(), Behaviour::HangSave, SHORT).await;
+        let (c, _, _) = two_helpers(dir.path(), |b| b.hang_save(), SHORT).await;
         let err = c.save_to_path(&out).await.unwrap_err();
         assert!(
             matches!(&err, Error::Timeout { id, call: Call::Save, .. } if id == "b"),
@@ -139,7 +133,7 @@ fn load_that_never_answers_times_out() {
     run(async {
         let dir = tmpdir();
         let stream = good_stream(dir.path()).await;
-        let (c, a, _) = two_helpers(dir.path(), Behaviour::HangLoad, SHORT).await;
+        let (c, a, _) = two_helpers(dir.path(), |b| b.hang_load(), SHORT).await;
         let err = c
             .load(std::io::Cursor::new(stream), None)
             .await
@@ -158,14 +152,15 @@ fn helper_exiting_during_save_fails_the_save() {
         let dir = tmpdir();
         let out = dir.path().join("out.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let calls = spawn_scripted(&sock(dir.path(), "a"), "a", Script::CrashInSave).await;
+        let a = Raw::new("a").crash_in_save();
+        let _conn = a.connect(&sock(dir.path(), "a")).await;
         connected(&c).await;
         let err = c.save_to_path(&out).await.unwrap_err();
         assert!(
             matches!(&err, Error::Call { id, call: Call::Save, .. } if id == "a"),
             "a lost connection is a call error, not a timeout: {err}"
         );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(a.calls(), 1);
         assert!(!out.exists());
     });
 }
@@ -177,7 +172,8 @@ fn helper_exiting_during_load_fails_the_load() {
         let records = vec![dbus_vmstate::stream::Record::new("a", vec![9; 100])];
         let stream = dbus_vmstate::stream::native::encode(&records).unwrap();
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let calls = spawn_scripted(&sock(dir.path(), "a"), "a", Script::CrashInLoad).await;
+        let a = Raw::new("a").crash_in_load();
+        let _conn = a.connect(&sock(dir.path(), "a")).await;
         connected(&c).await;
         let err = c
             .load(std::io::Cursor::new(stream), None)
@@ -187,7 +183,7 @@ fn helper_exiting_during_load_fails_the_load() {
             matches!(&err, Error::Call { id, call: Call::Load, .. } if id == "a"),
             "{err}"
         );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(a.calls(), 1);
     });
 }
 
@@ -200,8 +196,8 @@ fn helper_claiming_another_id_is_rejected() {
             .bind()
             .unwrap();
         // A helper whose Id is "b" connects to a's socket.
-        let impostor = MemHelper::new("b", b"not a's state".to_vec());
-        let task = spawn_helper(sock(dir.path(), "a"), impostor.clone());
+        let impostor = Fake::new("b", b"not a's state".to_vec());
+        let task = impostor.spawn(sock(dir.path(), "a"));
         // The coordinator closes the connection: the helper's serve returns.
         task.await.unwrap();
         let err = c.save_to_path(dir.path().join("out")).await.unwrap_err();
@@ -226,25 +222,18 @@ fn peer_with_disallowed_uid_is_rejected() {
     run(async {
         let dir = tmpdir();
         // Allow only a uid this process does not run as.
-        let other_uid = if unsafe_euid() == 4242 { 4243 } else { 4242 };
+        let other_uid = if euid() == 4242 { 4243 } else { 4242 };
         let c = builder(dir.path(), &["a"])
             .allow_uid(other_uid)
             .connect_timeout(SHORT)
             .bind()
             .unwrap();
-        let a = MemHelper::new("a", b"x".to_vec());
-        spawn_helper(sock(dir.path(), "a"), a.clone())
-            .await
-            .unwrap();
+        let a = Fake::new("a", b"x".to_vec());
+        a.spawn(sock(dir.path(), "a")).await.unwrap();
         let err = c.save_to_path(dir.path().join("out")).await.unwrap_err();
         assert!(err.to_string().contains("is not allowed"), "{err}");
         assert_eq!(a.saves(), 0);
     });
-}
-
-fn unsafe_euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 #[test]
@@ -253,7 +242,10 @@ fn save_reply_of_wrong_type_is_rejected() {
         let dir = tmpdir();
         let out = dir.path().join("out.vmstate");
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let _conn = connect_wrong_type(&sock(dir.path(), "a")).await;
+        let _conn = Raw::new("a")
+            .wrong_save_type()
+            .connect(&sock(dir.path(), "a"))
+            .await;
         connected(&c).await;
         let err = c.save_to_path(&out).await.unwrap_err();
         assert!(
@@ -273,10 +265,7 @@ fn save_reply_over_the_size_cap_is_rejected() {
             .max_blob_bytes(1000)
             .bind()
             .unwrap();
-        drop(spawn_helper(
-            sock(dir.path(), "a"),
-            MemHelper::new("a", vec![0; 1001]),
-        ));
+        drop(Fake::new("a", vec![0; 1001]).spawn(sock(dir.path(), "a")));
         let err = c.save_to_path(&out).await.unwrap_err();
         assert!(
             matches!(&err, Error::TooLarge { id, size: 1001, limit: 1000, .. } if id == "a"),
@@ -296,10 +285,7 @@ fn absent_optional_helper_is_skipped_and_reported() {
             .connect_timeout(SHORT)
             .bind()
             .unwrap();
-        drop(spawn_helper(
-            sock(dir.path(), "a"),
-            MemHelper::new("a", vec![1]),
-        ));
+        drop(Fake::new("a", vec![1]).spawn(sock(dir.path(), "a")));
         let report = c.save_to_path(&out).await.unwrap();
         assert_eq!(report.helpers.len(), 1);
         assert_eq!(report.skipped.len(), 1);
@@ -316,11 +302,11 @@ fn reconnecting_helper_replaces_its_old_connection() {
     run(async {
         let dir = tmpdir();
         let c = builder(dir.path(), &["a"]).bind().unwrap();
-        let first = MemHelper::new("a", b"first".to_vec());
-        let first_task = spawn_helper(sock(dir.path(), "a"), first.clone());
+        let first = Fake::new("a", b"first".to_vec());
+        let first_task = first.spawn(sock(dir.path(), "a"));
         connected(&c).await;
-        let second = MemHelper::new("a", b"second".to_vec());
-        let _second_task = spawn_helper(sock(dir.path(), "a"), second.clone());
+        let second = Fake::new("a", b"second".to_vec());
+        let _second_task = second.spawn(sock(dir.path(), "a"));
         // The old connection is closed by the coordinator once the new one
         // is accepted, so the first helper's serve returns.
         first_task.await.unwrap();
@@ -341,7 +327,7 @@ fn truncated_stream_calls_no_load() {
     run(async {
         let dir = tmpdir();
         let stream = good_stream(dir.path()).await;
-        let (c, a, b) = two_helpers(dir.path(), Behaviour::Normal, Duration::from_secs(10)).await;
+        let (c, a, b) = two_helpers(dir.path(), |b| b, Duration::from_secs(10)).await;
         // Cut at many places, including just before the end record.
         let cuts = [
             0,
@@ -373,7 +359,7 @@ fn flipped_bit_stream_calls_no_load() {
     run(async {
         let dir = tmpdir();
         let stream = good_stream(dir.path()).await;
-        let (c, a, b) = two_helpers(dir.path(), Behaviour::Normal, Duration::from_secs(10)).await;
+        let (c, a, b) = two_helpers(dir.path(), |b| b, Duration::from_secs(10)).await;
         for pos in [9, 30, 200, 4100, stream.len() - 30, stream.len() - 2] {
             let mut bad = stream.clone();
             bad[pos] ^= 0x10;
@@ -388,7 +374,7 @@ fn flipped_bit_stream_calls_no_load() {
 fn stream_with_unknown_or_missing_helper_calls_no_load() {
     run(async {
         let dir = tmpdir();
-        let (c, a, b) = two_helpers(dir.path(), Behaviour::Normal, Duration::from_secs(10)).await;
+        let (c, a, b) = two_helpers(dir.path(), |b| b, Duration::from_secs(10)).await;
         use dbus_vmstate::stream::{native, Record};
         let unknown = native::encode(&[
             Record::new("a", vec![1]),
@@ -435,15 +421,11 @@ fn drain_pair() -> (
 fn failed_save_into_a_pipe_leaves_no_complete_stream() {
     run(async {
         let dir = tmpdir();
-        let (c, _, _) = two_helpers(
-            dir.path(),
-            Behaviour::FailSave("nope".into()),
-            Duration::from_secs(10),
-        )
-        .await;
+        let (c, _, _) =
+            two_helpers(dir.path(), |b| b.fail_save("nope"), Duration::from_secs(10)).await;
         let (w, reader) = drain_pair();
         c.save(w).await.unwrap_err();
-        let bytes = dbus_vmstate::rt::spawn_blocking(move || reader.join().unwrap()).await;
+        let bytes = rt::spawn_blocking(move || reader.join().unwrap()).await;
         let err = dbus_vmstate::stream::native::read_all(&bytes[..], Default::default())
             .expect_err("a failed save must not leave a complete stream");
         assert!(err.is_truncated(), "{err}");
@@ -454,17 +436,23 @@ fn failed_save_into_a_pipe_leaves_no_complete_stream() {
 fn dropped_save_releases_its_output_unfinished() {
     run(async {
         let dir = tmpdir();
-        let (c, _, b) = two_helpers(dir.path(), Behaviour::HangSave, Duration::from_secs(30)).await;
+        let (c, _, b) = two_helpers(dir.path(), |b| b.hang_save(), Duration::from_secs(30)).await;
         let (w, reader) = drain_pair();
-        // The caller gives up on the save (e.g. its own deadline).
-        let abandoned = dbus_vmstate::rt::timeout(Duration::from_millis(300), c.save(w)).await;
-        assert!(abandoned.is_err(), "the hung helper keeps the save open");
-        assert_eq!(b.saves(), 1);
+        // The caller gives up on the save (e.g. its own deadline) once the
+        // hung helper holds it open.
+        let save = Box::pin(c.save(w));
+        let hung = Box::pin(until("b's Save to start", || b.saves() == 1));
+        match futures::future::select(save, hung).await {
+            futures::future::Either::Left((result, _)) => {
+                panic!("the hung helper keeps the save open: {result:?}")
+            }
+            futures::future::Either::Right(((), save)) => drop(save),
+        }
         // The output is released (EOF) without waiting for the hung helper,
         // and holds no complete stream.
-        let bytes = dbus_vmstate::rt::timeout(
+        let bytes = rt::timeout(
             Duration::from_secs(10),
-            dbus_vmstate::rt::spawn_blocking(move || reader.join().unwrap()),
+            rt::spawn_blocking(move || reader.join().unwrap()),
         )
         .await
         .expect("output released");

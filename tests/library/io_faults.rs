@@ -1,27 +1,25 @@
 //! Output that cannot be written and streams that must not load: the save
 //! fails with nothing left behind, the load fails before any `Load` call.
 
-mod util;
-
 use std::time::Duration;
 
+use crate::util::*;
 use dbus_vmstate::stream::{self, native, Record};
 use dbus_vmstate::Error;
-use util::*;
 
 /// Coordinator with helpers a (5000 bytes) and b (3000 bytes) connected.
 async fn pair(
     dir: &std::path::Path,
 ) -> (
     dbus_vmstate::coordinator::Coordinator,
-    std::sync::Arc<MemHelper>,
-    std::sync::Arc<MemHelper>,
+    std::sync::Arc<Fake>,
+    std::sync::Arc<Fake>,
 ) {
     let c = builder(dir, &["a", "b"]).bind().unwrap();
-    let a = MemHelper::new("a", pattern(5000, 1));
-    let b = MemHelper::new("b", pattern(3000, 2));
-    drop(spawn_helper(sock(dir, "a"), a.clone()));
-    drop(spawn_helper(sock(dir, "b"), b.clone()));
+    let a = Fake::new("a", pattern(5000, 1));
+    let b = Fake::new("b", pattern(3000, 2));
+    drop(a.spawn(sock(dir, "a")));
+    drop(b.spawn(sock(dir, "b")));
     connected(&c).await;
     (c, a, b)
 }
@@ -30,13 +28,10 @@ async fn pair(
 struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
+    /// Mounts one, or `None` (the test skipped) when not root.
     fn mount(bytes: usize) -> Option<Tmpfs> {
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            if std::env::var_os("DBUS_VMSTATE_SKIP_ROOT_TESTS").is_some() {
-                return None;
-            }
-            panic!("this test needs root to mount a tmpfs (CI runs as root)");
+        if !require(Requirement::Root) {
+            return None;
         }
         let dir = tmpdir();
         let status = std::process::Command::new("mount")
@@ -72,9 +67,9 @@ fn full_disk_fails_the_save_and_leaves_no_file() {
         let dir = tmpdir();
         let (c, _, _) = pair(dir.path()).await;
         // Big enough not to fit: 96 KiB of state into a 64 KiB filesystem.
-        let big = MemHelper::new("big", pattern(96 << 10, 3));
+        let big = Fake::new("big", pattern(96 << 10, 3));
         let c2 = builder(&dir.path().join("big"), &["big"]).bind().unwrap();
-        drop(spawn_helper(sock(&dir.path().join("big"), "big"), big));
+        drop(big.spawn(sock(&dir.path().join("big"), "big")));
         let previous = fs.0.path().join("previous.vmstate");
         let (bytes, _) = c.save(Vec::new()).await.unwrap();
         std::fs::write(&previous, &bytes).unwrap();
@@ -247,10 +242,10 @@ fn load_failure_of_one_helper_leaves_the_others_loaded_and_reported() {
             .call_timeout(Duration::from_secs(5))
             .bind()
             .unwrap();
-        let a = MemHelper::new("a", Vec::new());
-        let b = MemHelper::with("b", Vec::new(), Behaviour::FailLoad("corrupt".into()));
-        drop(spawn_helper(sock(dir.path(), "a"), a.clone()));
-        drop(spawn_helper(sock(dir.path(), "b"), b.clone()));
+        let a = Fake::new("a", Vec::new());
+        let b = Fake::new("b", Vec::new()).fail_load("corrupt");
+        drop(a.spawn(sock(dir.path(), "a")));
+        drop(b.spawn(sock(dir.path(), "b")));
         let stream =
             native::encode(&[Record::new("a", vec![1; 10]), Record::new("b", vec![2; 10])])
                 .unwrap();
