@@ -82,6 +82,7 @@ fn man_page_is_generated_from_the_definition() {
 }
 
 /// A pseudo-terminal: (master, slave).
+#[allow(unsafe_code)] // posix_openpt and friends have no safe wrapper in std
 fn pty() -> (File, File) {
     // SAFETY: plain libc calls on descriptors this function owns; ptsname_r
     // writes into a buffer of the size given.

@@ -96,6 +96,7 @@ fn interrupted_save_client_removes_its_temporary_file() {
 /// systemd socket activation: listening sockets passed as fds 3 and 4,
 /// named by LISTEN_FDNAMES, used instead of binding; left in place on exit.
 #[test]
+#[allow(unsafe_code)] // pre_exec, to place the passed sockets at fds 3 and 4
 fn socket_activation_uses_passed_sockets() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
@@ -193,6 +194,7 @@ fn socket_activation_uses_passed_sockets() {
 }
 
 #[test]
+#[allow(unsafe_code)] // pre_exec, to place the passed socket at fd 3
 fn socket_activation_rejects_an_unknown_name() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;

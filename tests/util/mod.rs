@@ -85,8 +85,7 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// This process's effective uid.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// A coordinator builder for `ids` in `dir`, with short timeouts.

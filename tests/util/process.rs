@@ -65,6 +65,7 @@ pub fn wait(child: &mut Child) -> ExitStatus {
 }
 
 /// Sends `sig` to process `pid`.
+#[allow(unsafe_code)] // tests only: a raw kill(2)
 pub fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
