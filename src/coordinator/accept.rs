@@ -62,7 +62,7 @@ enum Rejection {
     HandshakePanic(String),
     HandshakeTimeout,
     Credentials(std::io::Error),
-    Uid(Option<u32>),
+    Uid(u32),
     IdCall(zbus::Error),
     IdTimeout,
     InvalidId(String, stream::Error),
@@ -81,8 +81,7 @@ impl std::fmt::Display for Rejection {
             }
             Rejection::HandshakeTimeout => write!(f, "D-Bus handshake did not finish in time"),
             Rejection::Credentials(e) => write!(f, "cannot read peer credentials: {e}"),
-            Rejection::Uid(Some(uid)) => write!(f, "peer uid {uid} is not allowed"),
-            Rejection::Uid(None) => write!(f, "peer uid is unknown"),
+            Rejection::Uid(uid) => write!(f, "peer uid {uid} is not allowed"),
             Rejection::IdCall(e) => write!(f, "reading its Id failed: {e}"),
             Rejection::IdTimeout => write!(f, "it did not report its Id in time"),
             Rejection::InvalidId(id, e) => write!(f, "its Id {id:?} is invalid: {e}"),
@@ -104,12 +103,12 @@ async fn admit(inner: Arc<Inner>, index: usize, stream: UnixStream) {
             }
             let conn = Connection::clone(&peer.conn);
             let generation = peer.generation;
-            tracing::info!(helper = %id, pid = ?peer.pid, uid = ?peer.uid, "helper connected");
+            tracing::info!(helper = %id, pid = peer.pid, uid = peer.uid, "helper connected");
             let old = slot.state().peer.replace(peer);
             inner.notify();
             if let Some(old) = old {
                 // Closed once a call still running on it (if any) is done.
-                tracing::info!(helper = %id, old_pid = ?old.pid, "replacing older connection");
+                tracing::info!(helper = %id, old_pid = old.pid, "replacing older connection");
             }
             // Learn now whether it streams, so that the first save or load
             // (in the VM's downtime) does not wait for the introspection.
@@ -119,7 +118,7 @@ async fn admit(inner: Arc<Inner>, index: usize, stream: UnixStream) {
             watch(inner.clone(), index, conn, generation).await;
         }
         Err((pid, why)) => {
-            tracing::warn!(helper = %id, pid = ?pid, "rejected connection: {why}");
+            tracing::warn!(helper = %id, pid, "rejected connection: {why}");
             slot.state().last_rejection = Some(why.to_string());
         }
     }
@@ -145,6 +144,15 @@ async fn handshake(
     stream: UnixStream,
 ) -> Result<Peer, (Option<u32>, Rejection)> {
     let slot = &inner.slots[index];
+    // Checked before any D-Bus byte, as the control socket does: a peer of
+    // another user gets no handshake at all.
+    let (uid, pid) =
+        crate::sys::peer_credentials(&stream).map_err(|e| (None, Rejection::Credentials(e)))?;
+    // The kernel reports pid 0 for a peer outside this pid namespace.
+    let pid = u32::try_from(pid).ok().filter(|&pid| pid != 0);
+    if !inner.config.allow_uids.contains(&uid) {
+        return Err((pid, Rejection::Uid(uid)));
+    }
     let limit = inner.config.handshake_timeout;
     let guid = Guid::generate();
     let (shim, bus) = BusShim::new(guid.to_string());
@@ -165,9 +173,9 @@ async fn handshake(
     };
     // Taken before anything else can await, to see the peer's first message.
     let messages = zbus::MessageStream::from(&conn);
-    let result = check_peer(inner, index, &conn, &bus, messages).await;
+    let result = check_id(inner, index, &conn, &bus, messages).await;
     match result {
-        Ok(Checked { pid, uid, bus_name }) => {
+        Ok(bus_name) => {
             if let Some(name) = &bus_name {
                 tracing::debug!(unique_name = %name, "bus-style helper");
             }
@@ -186,7 +194,7 @@ async fn handshake(
         }
         Err(rejection) => {
             let _ = conn.close().await;
-            Err(rejection)
+            Err((pid, rejection))
         }
     }
 }
@@ -202,24 +210,15 @@ fn panic_text(panic: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Checks the peer's uid and its `Id`; returns its pid, uid and, for a
-/// bus-style helper, the unique name it was given.
-async fn check_peer(
+/// Reads the helper's `Id` and checks it against its socket's; returns,
+/// for a bus-style helper, the unique name it was given.
+async fn check_id(
     inner: &Inner,
     index: usize,
     conn: &Connection,
     bus: &bus_shim::Shared,
     messages: zbus::MessageStream,
-) -> Result<Checked, (Option<u32>, Rejection)> {
-    let creds = conn
-        .peer_creds()
-        .await
-        .map_err(|e| (None, Rejection::Credentials(e)))?;
-    let (pid, uid) = (creds.process_id(), creds.unix_user_id());
-    match uid {
-        Some(uid) if inner.config.allow_uids.contains(&uid) => {}
-        other => return Err((pid, Rejection::Uid(other))),
-    }
+) -> Result<Option<String>, Rejection> {
     let deadline = Instant::now() + inner.config.handshake_timeout;
     let read = async {
         let bus_name = bus_shim::settle(messages, bus).await;
@@ -228,24 +227,16 @@ async fn check_peer(
     };
     let (id, bus_name) = match rt::timeout(inner.config.handshake_timeout, read).await {
         Ok(Ok(found)) => found,
-        Ok(Err(e)) => return Err((pid, Rejection::IdCall(e))),
-        Err(rt::Elapsed) => return Err((pid, Rejection::IdTimeout)),
+        Ok(Err(e)) => return Err(Rejection::IdCall(e)),
+        Err(rt::Elapsed) => return Err(Rejection::IdTimeout),
     };
     if let Err(e) = stream::validate_id(&id) {
-        return Err((pid, Rejection::InvalidId(id, e)));
+        return Err(Rejection::InvalidId(id, e));
     }
     if id != inner.slots[index].spec.id {
-        return Err((pid, Rejection::WrongId(id)));
+        return Err(Rejection::WrongId(id));
     }
-    Ok(Checked { pid, uid, bus_name })
-}
-
-/// What [`check_peer`] found out about an acceptable peer.
-struct Checked {
-    pid: Option<u32>,
-    uid: Option<u32>,
-    /// The unique name of a bus-style helper.
-    bus_name: Option<String>,
+    Ok(bus_name)
 }
 
 /// First pause before reading the Id again from a peer that has not

@@ -128,7 +128,7 @@ impl Coordinator {
                     required: slot.spec.required,
                     connected: state.peer.is_some(),
                     pid: state.peer.as_ref().and_then(|p| p.pid),
-                    uid: state.peer.as_ref().and_then(|p| p.uid),
+                    uid: state.peer.as_ref().map(|p| p.uid),
                     last_save: state.last_save.clone(),
                     last_load: state.last_load.clone(),
                     last_rejection: state.last_rejection.clone(),

@@ -44,7 +44,7 @@ impl Drop for PeerConn {
 pub(crate) struct Peer {
     pub conn: Arc<PeerConn>,
     pub pid: Option<u32>,
-    pub uid: Option<u32>,
+    pub uid: u32,
     pub generation: u64,
     /// The unique name a bus-style helper was given, put in the
     /// destination field of every call to it; `None` for a peer-to-peer
