@@ -23,7 +23,8 @@
 //! [`LoadReport`] made of one [`HelperReport`] per helper (its
 //! [`Transfer`] and [`Mode`]) and the optional helpers [`Skipped`];
 //! [`status`](Coordinator::status) returns a [`HelperStatus`] per helper.
-//! [`socket`] is how the sockets are bound and removed.
+//! Each socket is bound 0600 (a stale socket replaced, a live listener
+//! refused) and removed on shutdown if it is still the coordinator's.
 //!
 //! # Loading
 //!
@@ -64,7 +65,8 @@
 //! blocks runs on threads. Here is everything that runs, what it owns, how
 //! the pieces talk and how they stop.
 //!
-//! **Tasks** (spawned on the runtime behind [`crate::rt`]):
+//! **Tasks** (spawned on the crate's runtime edge, `rt`, async-std's
+//! executor today):
 //!
 //! - An *accept task* per helper socket, from [`Builder::bind`] until
 //!   shutdown, which aborts it. It owns the listening socket and spawns an
