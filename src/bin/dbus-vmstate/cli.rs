@@ -13,7 +13,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
     version,
     about,
     after_help = "Exit codes: 0 ok, 1 migration failed (a helper failed, a stream was rejected),\n\
-                  2 usage or I/O error.\n\
+                  2 usage or I/O error; ended by SIGINT, SIGTERM or SIGHUP after cleaning up,\n\
+                  a command dies of that signal (a shell shows 130, 143, 129).\n\
                   Start with: dbus-vmstate demo"
 )]
 pub struct Cli {
@@ -188,8 +189,8 @@ pub struct SaveArgs {
     /// Where the state stream goes: a file, or - for stdout.
     #[arg(long, value_name = "FILE|-")]
     pub output: PathBuf,
-    /// The stream format to write.
-    #[arg(long, value_enum, default_value_t = FormatArg::Native)]
+    /// The stream format to write [default: native].
+    #[arg(long, value_enum, default_value_t = FormatArg::Native, hide_default_value = true)]
     pub format: FormatArg,
     /// How long to wait for every required helper to connect, in seconds
     /// [default: the serve's --connect-timeout].
@@ -295,7 +296,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Timeout of each Save and Load call, in seconds.
-    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    #[arg(long, default_value = "60", value_parser = parse_seconds, value_name = "SECONDS")]
     pub timeout: Duration,
     /// Helpers serve only QEMU's org.qemu.VMState1 (state inside one D-Bus
     /// message, at most 128 MiB), not the streaming extension.
@@ -325,7 +326,7 @@ pub struct HelperArgs {
     #[arg(long, value_name = "CMD")]
     pub load_cmd: Option<String>,
     /// How long to wait for the socket to appear, in seconds.
-    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub connect_timeout: Duration,
 }
 

@@ -8,7 +8,7 @@ use dbus_vmstate::stream::{self, native, qemu, Format, Limits, Record};
 use crate::cli::ConvertArgs;
 use crate::detect;
 use crate::exit::{self, Rejected};
-use crate::output::Stdout;
+use crate::output::{self, Stdout};
 use crate::stdio::{self, Input, Output};
 
 /// `dbus-vmstate convert`.
@@ -39,8 +39,8 @@ pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<u8> {
     write(out, to, &records)?;
     if !quiet {
         let line = format!(
-            "converted {} helpers from {from} to {to}: {name} -> {place}",
-            records.len(),
+            "converted {} from {from} to {to}: {name} -> {place}",
+            output::count(records.len() as u64, "helper", "helpers"),
         );
         if to_stdout {
             writeln!(io::stderr(), "{line}")?;

@@ -22,7 +22,7 @@ use futures::executor::block_on;
 
 use crate::cli::{DemoArgs, DemoHelperArgs};
 use crate::exit;
-use crate::output::Stdout;
+use crate::output::{self, Stdout};
 
 /// Destination helper exit codes.
 const EXIT_VERIFIED: u8 = 0;
@@ -245,8 +245,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     let mut out = Stdout::new();
     writeln!(
         out,
-        "dbus-vmstate demo: {} helper processes, {} bytes of state each",
-        args.helpers, args.size
+        "dbus-vmstate demo: {}, {} bytes of state each",
+        output::count(args.helpers, "helper process", "helper processes"),
+        args.size
     )?;
     out.flush()?;
     let (save, summary) = save_source(&src_dir, &args, &ids, &stream_path)?;
@@ -254,10 +255,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     print_table(&mut out, &ids, &save.helpers, &load.helpers)?;
     writeln!(
         out,
-        "stream: {} ({} bytes, {} records, checksums verified); save {:.1} ms, load {:.1} ms (after {:.1} ms verifying)",
+        "stream: {} ({} bytes, {}, checksums verified); save {:.1} ms, load {:.1} ms (after {:.1} ms verifying)",
         stream_path.display(),
         summary.stream_bytes,
-        summary.helpers.len(),
+        output::count(summary.helpers.len() as u64, "record", "records"),
         ms(save.duration),
         ms(load.duration),
         ms(load.verification),
@@ -267,15 +268,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
     if failed > 0 {
         writeln!(
             out,
-            "FAILED: {failed} of {} helpers did not verify",
-            ids.len()
+            "FAILED: {failed} of {} did not verify",
+            output::count(ids.len() as u64, "helper", "helpers")
         )?;
         return Ok(exit::MIGRATION_FAILED);
     }
     writeln!(
         out,
-        "verified: all {} helpers hold exactly the source's {} bytes",
-        ids.len(),
+        "verified: {} exactly the source's {} bytes",
+        match ids.len() {
+            1 => "the helper holds".to_string(),
+            n => format!("all {n} helpers hold"),
+        },
         args.size
     )?;
     Ok(exit::OK)

@@ -61,9 +61,9 @@ fn native_stream(
     }
     writeln!(
         out,
-        "{name}: native stream, version {}, {} helpers, {} of state, {} stream; checksums verified",
+        "{name}: native stream, version {}, {}, {} of state, {} stream; checksums verified",
         summary.version,
-        summary.helpers.len(),
+        output::count(summary.helpers.len() as u64, "helper", "helpers"),
         output::bytes(summary.total_bytes),
         output::bytes(summary.stream_bytes),
     )?;
@@ -109,9 +109,9 @@ fn qemu_payload(
     }
     writeln!(
         out,
-        "{name}: QEMU dbus-vmstate payload, {} helpers, {} of state, {} trailing bytes; \
+        "{name}: QEMU dbus-vmstate payload, {}, {} of state, {} trailing bytes; \
          this format has no checksums",
-        decoded.records.len(),
+        output::count(decoded.records.len() as u64, "helper", "helpers"),
         output::bytes(total),
         decoded.trailing_bytes,
     )?;

@@ -35,8 +35,8 @@ pub fn run(args: LoadArgs, quiet: bool) -> anyhow::Result<u8> {
         result
     })?;
     let summary = format!(
-        "loaded {} helpers from {} ({})",
-        report.helpers.len(),
+        "loaded {} from {} ({})",
+        output::count(report.helpers.len() as u64, "helper", "helpers"),
         source.name(),
         report.format
     );

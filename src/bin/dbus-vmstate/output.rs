@@ -91,19 +91,37 @@ pub fn print_report(
     out.flush()
 }
 
-/// A byte count for people: `512 B`, `4.0 KiB`, `16.0 MiB`.
+/// A byte count for people: `512 B`, `4.0 KiB`, `16.0 MiB`. Where one
+/// decimal would hide that the count is not what it shows (1,052,672 bytes
+/// as `1.0 MiB`, next to a limit of 1 MiB), the exact count follows:
+/// `1.0 MiB (1052672 B)`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} B");
     }
-    let mut value = n as f64 / 1024.0;
+    let mut scale = 1024u64;
     let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
+    while n / scale >= 1024 && unit + 1 < UNITS.len() {
+        scale *= 1024;
         unit += 1;
     }
-    format!("{value:.1} {}", UNITS[unit])
+    let shown = format!("{:.1}", n as f64 / scale as f64);
+    // What the shown figure stands for, in bytes, against the real count.
+    let tenths: u64 = shown.replace('.', "").parse().unwrap_or(0);
+    if u128::from(tenths) * u128::from(scale) == u128::from(n) * 10 {
+        format!("{shown} {}", UNITS[unit])
+    } else if shown.ends_with(".0") {
+        format!("{shown} {} ({n} B)", UNITS[unit])
+    } else {
+        format!("{shown} {}", UNITS[unit])
+    }
+}
+
+/// `1 helper`, `2 helpers`: a count and its noun, singular or plural.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Milliseconds with two decimals.
@@ -285,6 +303,8 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1024), "1.0 KiB");
         assert_eq!(bytes(16 << 20), "16.0 MiB");
+        assert_eq!(bytes(1_052_672), "1.0 MiB (1052672 B)");
+        assert_eq!(bytes(1_572_864), "1.5 MiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
     }
 }

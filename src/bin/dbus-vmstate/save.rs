@@ -47,8 +47,8 @@ pub fn run(args: SaveArgs, quiet: bool) -> anyhow::Result<u8> {
     };
     dest.commit()?;
     let summary = format!(
-        "saved {} helpers {place} ({}, {})",
-        report.helpers.len(),
+        "saved {} {place} ({}, {})",
+        output::count(report.helpers.len() as u64, "helper", "helpers"),
         report.format,
         output::bytes(report.stream_bytes.unwrap_or(0))
     );

@@ -18,6 +18,7 @@ use crate::activation;
 use crate::cli::ServeArgs;
 use crate::exit::{self, Usage};
 use crate::interrupt;
+use crate::output;
 
 /// How long a clean stop may take before the process ends anyway.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -159,7 +160,7 @@ async fn serve(
         let _ = writeln!(out, "ready: control {shown} helpers {}", sockets.join(" "));
         let _ = out.flush();
     }
-    tracing::info!(control = %shown, "serving {} helpers", sockets.len());
+    tracing::info!(control = %shown, "serving {}", output::count(sockets.len() as u64, "helper", "helpers"));
     notify("READY=1");
 
     let signal = signals.next().await;
