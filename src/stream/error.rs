@@ -18,6 +18,13 @@ pub enum Error {
     #[error("not a native state stream: bad magic")]
     BadMagic,
 
+    /// The input's first bytes are no known format (format detection).
+    #[error("not a state stream: {}", if *.len == 0 { "the input is empty".to_string() } else { format!("its first {} bytes are neither the native magic nor a QEMU payload", .len) })]
+    Unrecognized {
+        /// How many bytes were looked at (0: the input is empty).
+        len: usize,
+    },
+
     /// The stream's format version is not one this reader knows.
     #[error(
         "unsupported stream format version {found} (this reader supports version {supported})"

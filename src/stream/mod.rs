@@ -102,6 +102,16 @@ pub enum Format {
 }
 
 impl Format {
+    /// Tells the format from the first bytes of a stream, as [`Format::detect`]
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unrecognized`] when the bytes are no known format.
+    pub fn recognize(prefix: &[u8]) -> Result<Format, Error> {
+        Format::detect(prefix).ok_or(Error::Unrecognized { len: prefix.len() })
+    }
+
     /// Guesses the format from the first bytes of a stream.
     ///
     /// The rule: a prefix that starts with [`native::MAGIC`] is

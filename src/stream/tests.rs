@@ -75,3 +75,15 @@ fn error_classifiers() {
     assert_eq!(e.to_string(), "corrupt stream at byte 7: x");
     assert_eq!(Error::BadMagic.helper_id(), None);
 }
+
+#[test]
+fn an_unrecognized_input_says_what_it_is() {
+    let empty = Format::recognize(b"").unwrap_err();
+    assert_eq!(empty.to_string(), "not a state stream: the input is empty");
+    let other = Format::recognize(b"\x89PNG\r\n\x1a\n").unwrap_err();
+    assert_eq!(
+        other.to_string(),
+        "not a state stream: its first 8 bytes are neither the native magic nor a QEMU payload"
+    );
+    assert_eq!(Format::recognize(&native::MAGIC).unwrap(), Format::Native);
+}

@@ -26,11 +26,7 @@ pub fn format(
         .with_context(|| format!("cannot read {name}"))?;
     let format = match given {
         Some(f) => f,
-        None => Format::detect(&prefix).ok_or_else(|| {
-            Rejected(format!(
-                "{name}: not a state stream (neither the native magic nor a QEMU payload)"
-            ))
-        })?,
+        None => Format::recognize(&prefix).map_err(|e| Rejected(format!("{name}: {e}")))?,
     };
     Ok((format, Box::new(io::Cursor::new(prefix).chain(input))))
 }

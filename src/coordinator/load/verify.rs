@@ -87,7 +87,7 @@ fn io_error(source: io::Error) -> Error {
 fn format_of(prefix: &[u8], format: Option<Format>) -> Result<Format, Error> {
     match format {
         Some(f) => Ok(f),
-        None => Format::detect(prefix).ok_or(Error::Stream(stream::Error::BadMagic)),
+        None => Format::recognize(prefix).map_err(Error::Stream),
     }
 }
 
