@@ -15,6 +15,14 @@ pub fn run(args: HelperArgs) -> anyhow::Result<u8> {
         Some(path) => Arc::new(FileState::new(args.id, path)),
         None => Arc::new(ExecState::new(args.id, args.save_cmd, args.load_cmd)),
     };
+    if !args.socket.exists() {
+        // Not an error yet: the coordinator may still be starting.
+        tracing::warn!(
+            "{} does not exist yet: waiting up to {} s for a coordinator to listen on it",
+            args.socket.display(),
+            args.connect_timeout.as_secs_f64()
+        );
+    }
     helper::serve_blocking(
         &args.socket,
         state,

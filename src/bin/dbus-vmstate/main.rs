@@ -56,7 +56,14 @@ fn main() -> ExitCode {
     match run(cli.command, cli.quiet) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            // Each cause once: a cause that repeats the end of the message
+            // before it (an I/O error wrapped by zbus) is left out.
+            let cause: &(dyn std::error::Error + 'static) = e.as_ref();
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                dbus_vmstate::error::chain(cause)
+            );
             ExitCode::from(exit::code(&e))
         }
     }

@@ -140,15 +140,17 @@ fn transfer_json(t: &Option<Transfer>) -> Value {
     }
 }
 
-/// The JSON document of a save or load.
+/// The JSON document of a save or load. `stream_bytes` is there when the
+/// report knows it (a save); each helper says which path its state took
+/// (`"plain"` or `"stream"`).
 pub fn report_json(operation: &str, report: &Report) -> Value {
-    json!({
+    let mut doc = json!({
         "operation": operation,
         "format": report.format.as_str(),
-        "stream_bytes": report.stream_bytes,
         "duration_ms": ms_value(report.duration),
         "helpers": report.helpers.iter().map(|h| json!({
             "id": h.id,
+            "path": h.mode.as_str(),
             "bytes": h.transfer.bytes,
             "duration_ms": ms_value(h.transfer.duration),
         })).collect::<Vec<_>>(),
@@ -156,7 +158,11 @@ pub fn report_json(operation: &str, report: &Report) -> Value {
             "id": s.id,
             "reason": s.reason,
         })).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(bytes) = report.stream_bytes {
+        doc["stream_bytes"] = json!(bytes);
+    }
+    doc
 }
 
 /// The human report of a save or load: one summary line, one line per
@@ -173,8 +179,9 @@ pub fn write_report(out: &mut dyn Write, summary: &str, report: &Report) -> io::
     for h in &report.helpers {
         writeln!(
             out,
-            "  {:<width$}  {:>12}  {:>10}",
+            "  {:<width$}  {:<6}  {:>12}  {:>10}",
             h.id,
+            h.mode.as_str(),
             bytes(h.transfer.bytes),
             ms(h.transfer.duration)
         )?;
@@ -214,21 +221,18 @@ pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> io::Result
     let width = helpers.iter().map(|h| h.id.len()).max().unwrap_or(0).max(6);
     writeln!(
         out,
-        "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  last load",
-        "helper", "connected", "pid", "uid", "last save"
+        "{:<width$}  {:<8}  {:<9}  {:>8}  {:>6}  {:<22}  last load",
+        "helper", "required", "connected", "pid", "uid", "last save"
     )?;
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
     for h in helpers {
-        let connected = match (h.connected, h.required) {
-            (true, _) => "yes",
-            (false, true) => "no",
-            (false, false) => "no (opt)",
-        };
         let opt = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
         writeln!(
             out,
-            "{:<width$}  {:<9}  {:>8}  {:>6}  {:<22}  {}",
+            "{:<width$}  {:<8}  {:<9}  {:>8}  {:>6}  {:<22}  {}",
             h.id,
-            connected,
+            yes_no(h.required),
+            yes_no(h.connected),
             opt(h.pid),
             opt(h.uid),
             transfer_text(&h.last_save),
