@@ -23,11 +23,14 @@
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), dbus_vmstate::control::Error> {
+//! use dbus_vmstate::atomic::AtomicFile;
 //! use dbus_vmstate::control::{Client, SaveOptions};
 //!
 //! let client = Client::connect("/run/vm0/vmstate/control.sock").await?;
-//! let file = std::fs::File::create("/var/lib/vm0/helpers.vmstate").unwrap();
-//! let report = client.save(&file, &SaveOptions::default()).await?;
+//! // Nothing appears at the path unless the save succeeds.
+//! let file = AtomicFile::create("/var/lib/vm0/helpers.vmstate").unwrap();
+//! let report = client.save(file.as_file(), &SaveOptions::default()).await?;
+//! file.commit().unwrap();
 //! println!("{} helpers, {} bytes", report.helpers.len(), report.stream_bytes.unwrap_or(0));
 //! # Ok(()) }
 //! ```
