@@ -191,6 +191,19 @@ pub enum Error {
         source: Box<zbus::Error>,
     },
 
+    /// The coordinator turned this helper away, for the reason it gave
+    /// (`org.dbusvmstate.Coordinator1.Rejected`): most often an `Id` that
+    /// is not the one of the socket.
+    #[error("helper {id:?}: the coordinator at {} rejected it: {reason}", path.display())]
+    Rejected {
+        /// The helper's Id.
+        id: String,
+        /// The socket.
+        path: PathBuf,
+        /// The coordinator's reason.
+        reason: String,
+    },
+
     /// Several helpers failed; each error is kept.
     #[error("{} helpers failed: {}", errors.len(), summary(errors))]
     Several {
@@ -245,7 +258,8 @@ impl Error {
             | Error::Transfer { id, .. }
             | Error::MissingInStream { id }
             | Error::UnknownInStream { id }
-            | Error::Connect { id, .. } => Some(id),
+            | Error::Connect { id, .. }
+            | Error::Rejected { id, .. } => Some(id),
             Error::Stream(e) => e.helper_id(),
             Error::Several { errors } => errors.first().and_then(Error::helper_id),
             Error::Config { .. } | Error::Io { .. } => None,
@@ -262,6 +276,7 @@ impl Error {
             | Error::Bind { .. }
             | Error::SocketInUse { .. }
             | Error::Connect { .. }
+            | Error::Rejected { .. }
             | Error::Io { .. } => false,
             Error::NotConnected { .. }
             | Error::Call { .. }

@@ -142,6 +142,48 @@ pub(crate) async fn read_id_at(
 /// # Errors
 ///
 /// When the message cannot be sent (the connection is closed).
+/// The coordinator's own interface on a helper connection (this crate's
+/// extension, `protocol/README.md`): its one member is the signal
+/// [`SIGNAL_REJECTED`].
+pub const COORDINATOR_INTERFACE: &str = "org.dbusvmstate.Coordinator1";
+/// The object path the coordinator's signals come from.
+pub const COORDINATOR_PATH: &str = "/org/dbusvmstate/Coordinator1";
+/// `Rejected(s reason)`: sent to a helper the coordinator turns away after
+/// the handshake (a wrong or invalid `Id`, or none), just before it closes
+/// the connection, so that the helper can fail with the reason.
+pub const SIGNAL_REJECTED: &str = "Rejected";
+
+/// Tells a helper why it is turned away (see [`SIGNAL_REJECTED`]).
+pub(crate) async fn send_rejected(conn: &Connection, reason: &str) -> zbus::Result<()> {
+    let signal = Message::signal(COORDINATOR_PATH, COORDINATOR_INTERFACE, SIGNAL_REJECTED)
+        .build(&(reason,))?;
+    conn.send(&signal).await
+}
+
+/// Watches `conn` for a [`SIGNAL_REJECTED`]: the future it returns ends
+/// with the reason if one comes, or `None` once the connection closes
+/// without one.
+pub(crate) async fn rejections(
+    conn: &Connection,
+) -> zbus::Result<impl std::future::Future<Output = Option<String>>> {
+    use futures::StreamExt;
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(COORDINATOR_INTERFACE)
+        .member(SIGNAL_REJECTED)
+        .build()?;
+    let mut signals =
+        zbus::MessageStream::for_match_rule(rule, conn, std::num::NonZeroUsize::new(4)).await?;
+    Ok(async move {
+        while let Some(message) = signals.next().await {
+            if let Ok(reason) = message.and_then(|m| Ok(m.body().deserialize::<String>()?)) {
+                return Some(reason);
+            }
+        }
+        None
+    })
+}
+
 pub(crate) async fn announce_peer_to_peer(conn: &Connection) -> zbus::Result<()> {
     let ping = Message::method_call("/", "Ping")
         .interface("org.freedesktop.DBus.Peer")

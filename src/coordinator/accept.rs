@@ -193,6 +193,8 @@ async fn handshake(
             })
         }
         Err(rejection) => {
+            // The helper learns why before the connection closes.
+            let _ = crate::iface::send_rejected(&conn, &rejection.to_string()).await;
             let _ = conn.close().await;
             Err((pid, rejection))
         }

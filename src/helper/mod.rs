@@ -358,14 +358,33 @@ pub async fn serve(
             what: "D-Bus handshake failed on",
             source: Box::new(source),
         })?;
+    // Taken at once: a coordinator that turns this helper away says why
+    // right after reading its Id.
+    let rejected = iface::rejections(&conn).await;
     // Tells the coordinator at once that this helper is not bus-style.
     if let Err(e) = iface::announce_peer_to_peer(&conn).await {
         tracing::debug!(helper = %id, "cannot announce peer-to-peer: {e}");
     }
     tracing::info!(helper = %id, socket = %socket.display(), "connected to coordinator");
-    conn.closed().await;
-    tracing::info!(helper = %id, "coordinator closed the connection");
-    Ok(())
+    let reason = match rejected {
+        Ok(rejected) => rejected.await,
+        Err(e) => {
+            tracing::debug!(helper = %id, "cannot watch for a rejection: {e}");
+            conn.closed().await;
+            None
+        }
+    };
+    match reason {
+        Some(reason) => Err(Error::Rejected {
+            id,
+            path: socket,
+            reason,
+        }),
+        None => {
+            tracing::info!(helper = %id, "coordinator closed the connection");
+            Ok(())
+        }
+    }
 }
 
 /// [`serve`] for code that is not async: blocks the calling thread.
@@ -476,5 +495,32 @@ mod tests {
         .unwrap();
         assert_eq!(*state.0.lock().unwrap(), b"before");
         helper.join().unwrap().unwrap();
+    }
+
+    /// A helper turned away after the handshake fails with the
+    /// coordinator's reason instead of ending as if all went well.
+    #[test]
+    fn a_rejected_helper_fails_with_the_reason() {
+        let dir = tempfile::Builder::new()
+            .prefix("dv")
+            .tempdir_in("/tmp")
+            .unwrap();
+        // The socket is for "other"; the helper says it is "mem".
+        let coordinator = crate::coordinator::Builder::new()
+            .socket_dir(dir.path(), ["other"])
+            .bind()
+            .unwrap();
+        let state = Arc::new(Mem(Mutex::new(Vec::new())));
+        let options = Options::default().connect_timeout(Duration::from_secs(10));
+        let served =
+            futures::executor::block_on(serve(dir.path().join("other.sock"), state, options));
+        let e = served.unwrap_err();
+        assert!(
+            matches!(&e, Error::Rejected { id, .. } if id == "mem"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(r#"it claims Id "mem""#), "{e}");
+        assert!(!e.is_migration_failure());
+        futures::executor::block_on(coordinator.shutdown());
     }
 }

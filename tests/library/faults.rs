@@ -198,8 +198,13 @@ fn helper_claiming_another_id_is_rejected() {
         // A helper whose Id is "b" connects to a's socket.
         let impostor = Fake::new("b", b"not a's state".to_vec());
         let task = impostor.spawn(sock(dir.path(), "a"));
-        // The coordinator closes the connection: the helper's serve returns.
-        task.await.unwrap();
+        // The coordinator says why and closes the connection: the helper's
+        // serve fails with that reason.
+        let served = task.await;
+        assert!(
+            matches!(&served, Err(Error::Rejected { reason, .. }) if reason.contains("claims Id \"b\"")),
+            "{served:?}"
+        );
         let err = c.save_to_path(dir.path().join("out")).await.unwrap_err();
         assert!(
             matches!(&err, Error::NotConnected { id, .. } if id == "a"),
