@@ -176,7 +176,7 @@ pub(crate) async fn rejections(
         zbus::MessageStream::for_match_rule(rule, conn, std::num::NonZeroUsize::new(4)).await?;
     Ok(async move {
         while let Some(message) = signals.next().await {
-            if let Ok(reason) = message.and_then(|m| Ok(m.body().deserialize::<String>()?)) {
+            if let Ok(reason) = message.and_then(|m| m.body().deserialize::<String>()) {
                 return Some(reason);
             }
         }
