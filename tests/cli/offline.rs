@@ -96,12 +96,36 @@ fn inspect_rejects_bad_streams_with_exit_1() {
     newer[8] = 2; // version 2, with a valid header checksum
     let crc = crc32c::crc32c(&newer[..16]);
     newer[16..20].copy_from_slice(&crc.to_le_bytes());
-    let cases: [(&str, Vec<u8>, &str); 5] = [
-        ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
-        ("flipped", flipped, "checksum"),
-        ("newer", newer, "version"),
-        ("trailing", [good.clone(), b"x".to_vec()].concat(), "after"),
-        ("empty", Vec::new(), "not a state stream"),
+    // Each reason with its byte offset (the golden stream's first record
+    // starts at byte 39); the path is printed too, so the needle must not be
+    // the case's name.
+    let len = good.len();
+    let cases: [(&str, Vec<u8>, String); 5] = [
+        (
+            "truncated",
+            good[..len - 1].to_vec(),
+            format!("stream truncated at byte {}", len - 1),
+        ),
+        (
+            "flipped",
+            flipped,
+            "checksum mismatch in record at byte 39".into(),
+        ),
+        (
+            "newer",
+            newer,
+            "unsupported stream format version 2 (this reader supports version 1)".into(),
+        ),
+        (
+            "trailing",
+            [good.clone(), b"x".to_vec()].concat(),
+            format!("trailing data after the end of the stream at byte {len}"),
+        ),
+        (
+            "empty",
+            Vec::new(),
+            "not a state stream (neither the native magic nor a qemu payload)".into(),
+        ),
     ];
     for (name, bytes, needle) in cases {
         let path = tmp.path().join(name);
@@ -109,7 +133,10 @@ fn inspect_rejects_bad_streams_with_exit_1() {
         let out = run_bin(["inspect", arg(&path)]);
         assert_exit(&out, 1);
         let err = text(&out.stderr).to_lowercase();
-        assert!(err.contains(name) && err.contains(needle), "{name}: {err}");
+        assert!(
+            err.contains(&path.display().to_string().to_lowercase()) && err.contains(&needle),
+            "{name}: {err}"
+        );
     }
 }
 

@@ -67,6 +67,7 @@ fn save_error_reply_names_helper_and_writes_nothing() {
         assert_eq!((a.saves(), b.saves()), (1, 1));
         // Nothing but the two sockets is left in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        assert_still_serves(&c, &[&a, &b]).await;
     });
 }
 
@@ -94,6 +95,8 @@ fn load_error_reply_names_helper() {
             Duration::from_secs(10),
         )
         .await;
+        // a holds other bytes than the stream's, so its Load shows.
+        a.set_data(b"before the load".to_vec());
         let err = c
             .load(std::io::Cursor::new(stream), None)
             .await
@@ -109,6 +112,10 @@ fn load_error_reply_names_helper() {
         assert!(dbus_vmstate::error::chain(&err).contains("bad version"));
         assert_eq!((a.loads(), b.loads()), (1, 1));
         assert_eq!(a.data(), pattern(5000, 1), "the other helper loaded");
+        let status = c.status();
+        assert!(status[0].last_load.is_some(), "a's load is reported");
+        assert!(status[1].last_load.is_none(), "b's is not");
+        assert_still_serves(&c, &[&a, &b]).await;
     });
 }
 
@@ -219,6 +226,11 @@ fn helper_claiming_another_id_is_rejected() {
             .as_deref()
             .unwrap()
             .contains("\"b\""));
+        // The real helper is accepted afterwards.
+        let a = Fake::new("a", Vec::new());
+        drop(a.spawn(sock(dir.path(), "a")));
+        connected(&c).await;
+        assert_still_serves(&c, &[&a]).await;
     });
 }
 
@@ -259,6 +271,11 @@ fn save_reply_of_wrong_type_is_rejected() {
             matches!(&err, Error::Call { id, call: Call::Save, .. } if id == "a"),
             "{err}"
         );
+        let text = dbus_vmstate::error::chain(&err);
+        assert!(
+            text.contains("helper \"a\": Save call failed") && text.contains("ignature"),
+            "names the helper and the signature mismatch: {text}"
+        );
         assert!(!out.exists());
     });
 }
@@ -272,13 +289,15 @@ fn save_reply_over_the_size_cap_is_rejected() {
             .max_blob_bytes(1000)
             .bind()
             .unwrap();
-        drop(Fake::new("a", vec![0; 1001]).spawn(sock(dir.path(), "a")));
+        let a = Fake::new("a", vec![0; 1001]);
+        drop(a.spawn(sock(dir.path(), "a")));
         let err = c.save_to_path(&out).await.unwrap_err();
         assert!(
             matches!(&err, Error::TooLarge { id, size: 1001, limit: 1000, .. } if id == "a"),
             "{err}"
         );
         assert!(!out.exists());
+        assert_still_serves(&c, &[&a]).await;
     });
 }
 
@@ -358,6 +377,7 @@ fn truncated_stream_calls_no_load() {
             );
         }
         assert_eq!((a.loads(), b.loads()), (0, 0));
+        assert_still_serves(&c, &[&a, &b]).await;
     });
 }
 
@@ -374,6 +394,7 @@ fn flipped_bit_stream_calls_no_load() {
             assert!(err.is_stream(), "byte {pos}: {err}");
         }
         assert_eq!((a.loads(), b.loads()), (0, 0));
+        assert_still_serves(&c, &[&a, &b]).await;
     });
 }
 
@@ -407,6 +428,7 @@ fn stream_with_unknown_or_missing_helper_calls_no_load() {
             "{err}"
         );
         assert_eq!((a.loads(), b.loads()), (0, 0));
+        assert_still_serves(&c, &[&a, &b]).await;
     });
 }
 
@@ -428,7 +450,7 @@ fn drain_pair() -> (
 fn failed_save_into_a_pipe_leaves_no_complete_stream() {
     run(async {
         let dir = tmpdir();
-        let (c, _, _) =
+        let (c, a, b) =
             two_helpers(dir.path(), |b| b.fail_save("nope"), Duration::from_secs(10)).await;
         let (w, reader) = drain_pair();
         c.save(w).await.unwrap_err();
@@ -436,6 +458,7 @@ fn failed_save_into_a_pipe_leaves_no_complete_stream() {
         let err = dbus_vmstate::stream::native::read_all(&bytes[..], Default::default())
             .expect_err("a failed save must not leave a complete stream");
         assert!(err.is_truncated(), "{err}");
+        assert_still_serves(&c, &[&a, &b]).await;
     });
 }
 

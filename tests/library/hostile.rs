@@ -24,9 +24,13 @@ async fn connect_any_id(socket: &Path, id: &str) -> zbus::Connection {
 fn helpers_with_invalid_ids_are_rejected() {
     let long = "x".repeat(256);
     for (bad, reason) in [
-        ("", "invalid"),
-        (long.as_str(), "invalid"),
-        ("a\0b", "invalid"),
+        ("", "is invalid: invalid helper id: empty"),
+        (
+            long.as_str(),
+            "is invalid: invalid helper id: longer than 255 bytes",
+        ),
+        // A D-Bus string cannot hold a NUL: the reply itself is refused.
+        ("a\0b", "reading its Id failed: invalid value: character"),
         ("A", "claims Id \"A\""),
     ] {
         run(async {
@@ -44,6 +48,21 @@ fn helpers_with_invalid_ids_are_rejected() {
                 "{err}"
             );
             assert!(err.to_string().contains(reason), "Id {bad:?}: {err}");
+            // The reason is recorded in the status too.
+            let status = &c.status()[0];
+            assert!(!status.connected, "{status:?}");
+            assert!(
+                status
+                    .last_rejection
+                    .as_deref()
+                    .is_some_and(|r| r.contains(reason)),
+                "Id {bad:?}: {status:?}"
+            );
+            // A helper with a valid Id is accepted afterwards.
+            let a = Fake::new("a", Vec::new());
+            drop(a.spawn(sock(dir.path(), "a")));
+            connected(&c).await;
+            assert_still_serves(&c, &[&a]).await;
         });
     }
 }
@@ -71,14 +90,22 @@ fn client_that_never_authenticates_is_dropped_after_the_deadline() {
             .bind()
             .unwrap();
         let path = sock(dir.path(), "a");
-        let started = Instant::now();
         let dropped = rt::spawn_blocking(move || {
+            let started = Instant::now();
             let mut silent = UnixStream::connect(&path).unwrap();
-            hung_up_within(&mut silent, Duration::from_secs(10))
+            // Held open (one socket) until the deadline...
+            let early = hung_up_within(&mut silent, Duration::from_millis(100));
+            // ...and dropped after it.
+            let late = hung_up_within(&mut silent, Duration::from_secs(10));
+            (early, late, started.elapsed())
         })
         .await;
-        assert!(dropped, "silent client must be disconnected");
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            (dropped.0, dropped.1),
+            (false, true),
+            "open before the deadline, dropped after it"
+        );
+        assert!(dropped.2 >= Duration::from_millis(300), "{:?}", dropped.2);
         // The client can see the hang-up before the coordinator records
         // why.
         until("the rejection to be recorded", || {
@@ -95,6 +122,10 @@ fn client_that_never_authenticates_is_dropped_after_the_deadline() {
                 .contains("handshake"),
             "{status:?}"
         );
+        let a = Fake::new("a", Vec::new());
+        drop(a.spawn(sock(dir.path(), "a")));
+        connected(&c).await;
+        assert_still_serves(&c, &[&a]).await;
     });
 }
 
@@ -102,20 +133,46 @@ fn client_that_never_authenticates_is_dropped_after_the_deadline() {
 fn client_stalling_mid_handshake_is_dropped_after_the_deadline() {
     run(async {
         let dir = tmpdir();
-        let _c = builder(dir.path(), &["a"])
+        let c = builder(dir.path(), &["a"])
             .handshake_timeout(Duration::from_millis(300))
             .bind()
             .unwrap();
         let path = sock(dir.path(), "a");
         let dropped = rt::spawn_blocking(move || {
+            let started = Instant::now();
             let mut s = UnixStream::connect(&path).unwrap();
             // The credentials byte and the start of EXTERNAL auth, then
             // nothing more.
             s.write_all(b"\0AUTH EXTERNAL 30\r\n").unwrap();
-            hung_up_within(&mut s, Duration::from_secs(10))
+            // The coordinator answers the AUTH line (DATA, or OK), so read
+            // on until it hangs up.
+            let late = hung_up_within(&mut s, Duration::from_secs(10));
+            (late, started.elapsed())
         })
         .await;
-        assert!(dropped, "stalled client must be disconnected");
+        assert!(dropped.0, "stalled client must be disconnected");
+        assert!(
+            dropped.1 >= Duration::from_millis(300),
+            "dropped at the deadline, not before: {:?}",
+            dropped.1
+        );
+        until("the rejection to be recorded", || {
+            c.status()[0].last_rejection.is_some()
+        })
+        .await;
+        let status = &c.status()[0];
+        assert!(
+            status
+                .last_rejection
+                .as_deref()
+                .unwrap()
+                .contains("handshake"),
+            "{status:?}"
+        );
+        let a = Fake::new("a", Vec::new());
+        drop(a.spawn(sock(dir.path(), "a")));
+        connected(&c).await;
+        assert_still_serves(&c, &[&a]).await;
     });
 }
 
@@ -152,21 +209,79 @@ fn second_connection_on_a_socket_replaces_the_first() {
         let dir = tmpdir();
         let c = builder(dir.path(), &["a"]).bind().unwrap();
         let path = sock(dir.path(), "a");
-        let first = connect_any_id(&path, "a").await;
+        // Both connections come from this process (one pid), so they are
+        // told apart by the state each serves.
+        let first = Raw::new("a")
+            .with_data(b"first".to_vec())
+            .connect(&path)
+            .await;
         connected(&c).await;
-        let pid_before = c.status()[0].pid;
-        let second = connect_any_id(&path, "a").await;
+        let second = Raw::new("a")
+            .with_data(b"second".to_vec())
+            .connect(&path)
+            .await;
         within("the first connection to close", first.closed()).await;
         assert!(!second.is_closed());
         assert!(c.status()[0].connected);
-        assert_eq!(c.status()[0].pid, pid_before, "same process here");
         let (out, _) = c.save(Vec::new()).await.unwrap();
-        assert!(!out.is_empty());
+        let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
+        assert_eq!(records[0].data, b"second", "the newest connection is saved");
         // A rejected newcomer (wrong Id) does not displace the helper.
         let intruder = connect_any_id(&path, "b").await;
         within("the intruder to be closed", intruder.closed()).await;
         assert!(!second.is_closed());
-        c.save(Vec::new()).await.unwrap();
+        let (out, _) = c.save(Vec::new()).await.unwrap();
+        let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
+        assert_eq!(records[0].data, b"second", "the intruder displaced nobody");
+    });
+}
+
+#[test]
+fn replaced_connection_is_closed_once_its_running_call_finishes() {
+    // The rule's second half: a Save running on the old connection when a
+    // newer one is accepted still finishes (with the old helper's state),
+    // and only then is the old connection closed.
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["a"]).bind().unwrap();
+        let path = sock(dir.path(), "a");
+        let first = Fake::new("a", b"first".to_vec()).save_does(Step::Held);
+        let mut first_task = first.spawn(&path);
+        connected(&c).await;
+        let save = c.save(Vec::new());
+        let replace = async {
+            until("the first helper's Save to start", || first.saves() == 1).await;
+            let second = Raw::new("a").with_data(b"second".to_vec());
+            let second_conn = second.connect(&path).await;
+            // The coordinator accepts it once it has read its Id.
+            until("the second connection's Id to be read", || {
+                second.id_reads() >= 1
+            })
+            .await;
+            assert!(c.status()[0].connected);
+            // The old connection stays open while its Save runs.
+            assert!(
+                futures::poll!(&mut first_task).is_pending(),
+                "the old connection was closed with a call running on it"
+            );
+            first.release();
+            (second, second_conn)
+        };
+        let (saved, (second, _second_conn)) = futures::join!(save, replace);
+        let (out, _) = saved.expect("the running Save finishes");
+        let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
+        assert_eq!(records[0].data, b"first");
+        // Then the old connection is closed: its helper's serve returns.
+        within("the old connection to close", first_task)
+            .await
+            .unwrap();
+        let (out, _) = c.save(Vec::new()).await.unwrap();
+        let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
+        assert_eq!(
+            records[0].data, b"second",
+            "the newer connection serves now"
+        );
+        assert_eq!((first.saves(), second.calls()), (1, 1));
     });
 }
 
@@ -295,20 +410,36 @@ fn anonymous_authentication_is_refused() {
             // "anonymous" as trace data, hex-encoded.
             s.write_all(b"\0AUTH ANONYMOUS 616e6f6e796d6f7573\r\n")
                 .unwrap();
+            // Read until the first line or a hang-up; a read timeout (the
+            // coordinator saying nothing) fails the test.
+            let mut reply = Vec::new();
             let mut buf = [0u8; 256];
-            let n = s.read(&mut buf).unwrap_or(0);
-            String::from_utf8_lossy(&buf[..n]).into_owned()
+            while !reply.ends_with(b"\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => reply.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                    Err(e) => panic!("no answer to AUTH ANONYMOUS: {e}"),
+                }
+            }
+            String::from_utf8_lossy(&reply).into_owned()
         })
         .await;
+        // Refused: a REJECTED line that offers EXTERNAL (not ANONYMOUS),
+        // or a hang-up with nothing said.
         assert!(
-            !reply.starts_with("OK"),
-            "ANONYMOUS must not be accepted: {reply:?}"
-        );
-        assert!(
-            reply.is_empty() || (reply.starts_with("REJECTED") && !reply.contains("ANONYMOUS")),
-            "{reply:?}"
+            reply.is_empty()
+                || (reply.starts_with("REJECTED")
+                    && reply.contains("EXTERNAL")
+                    && !reply.contains("ANONYMOUS")),
+            "ANONYMOUS must be refused: {reply:?}"
         );
         assert!(!c.status()[0].connected);
+        // EXTERNAL is still accepted on that socket.
+        let a = Fake::new("a", Vec::new());
+        drop(a.spawn(sock(dir.path(), "a")));
+        connected(&c).await;
+        assert_still_serves(&c, &[&a]).await;
     });
 }
 

@@ -114,6 +114,11 @@ fn listed_helper_missing_on_source_fails_save() {
             .unwrap();
         let a = Fake::new("idA", b"state A".to_vec());
         let _ta = a.spawn(sock(dir.path(), "idA"));
+        // idA is in, so its saves() == 0 below means it was not asked.
+        until("idA to connect", || {
+            c.status().iter().any(|h| h.id == "idA" && h.connected)
+        })
+        .await;
         let err = c.save_to_path(&stream).await.unwrap_err();
         assert!(
             matches!(&err, Error::NotConnected { id, .. } if id == "idB"),

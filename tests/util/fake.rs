@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use dbus_vmstate::helper::{self, BoxError, State};
@@ -31,6 +31,8 @@ pub enum Step {
     HangAfter(usize),
     /// Load only: reads this many bytes, keeps them and reports success.
     StopAfter(usize),
+    /// Waits until [`Fake::release`] is called, then moves the whole state.
+    Held,
 }
 
 /// An in-memory helper whose behaviour is scripted, built as
@@ -46,6 +48,7 @@ pub struct Fake {
     saves: AtomicUsize,
     loads: AtomicUsize,
     write_failed: AtomicBool,
+    released: (Mutex<bool>, Condvar),
 }
 
 impl Fake {
@@ -61,6 +64,7 @@ impl Fake {
             saves: AtomicUsize::new(0),
             loads: AtomicUsize::new(0),
             write_failed: AtomicBool::new(false),
+            released: (Mutex::new(false), Condvar::new()),
         })
     }
 
@@ -158,6 +162,20 @@ impl Fake {
         self.loads.load(Ordering::SeqCst)
     }
 
+    /// Lets every [`Step::Held`] call go on, now and from now on.
+    pub fn release(&self) {
+        *self.released.0.lock().unwrap() = true;
+        self.released.1.notify_all();
+    }
+
+    /// Blocks a [`Step::Held`] call until [`Fake::release`].
+    fn wait_released(&self) {
+        let mut go = self.released.0.lock().unwrap();
+        while !*go {
+            go = self.released.1.wait(go).unwrap();
+        }
+    }
+
     /// Whether writing its state failed (the coordinator closed its end).
     pub fn write_failed(&self) -> bool {
         self.write_failed.load(Ordering::SeqCst)
@@ -195,6 +213,10 @@ impl State for Fake {
     fn save(&self) -> Result<Vec<u8>, BoxError> {
         match self.save_step() {
             Step::Whole | Step::StopAfter(_) => Ok(self.data()),
+            Step::Held => {
+                self.wait_released();
+                Ok(self.data())
+            }
             Step::Fail(msg) | Step::FailAfter(_, msg) => Err(msg.into()),
             Step::Hang | Step::HangAfter(_) => Err(hang()),
         }
@@ -203,6 +225,11 @@ impl State for Fake {
     fn load(&self, data: Vec<u8>) -> Result<(), BoxError> {
         match self.load_step() {
             Step::Whole | Step::StopAfter(_) => {
+                self.set_data(data);
+                Ok(())
+            }
+            Step::Held => {
+                self.wait_released();
                 self.set_data(data);
                 Ok(())
             }
@@ -215,6 +242,10 @@ impl State for Fake {
         let data = self.data();
         match self.save_step() {
             Step::Whole | Step::StopAfter(_) => self.write(out, &data),
+            Step::Held => {
+                self.wait_released();
+                self.write(out, &data)
+            }
             Step::Fail(msg) => Err(msg.into()),
             Step::FailAfter(n, msg) => {
                 self.write(out, &data[..n])?;
@@ -232,6 +263,10 @@ impl State for Fake {
         let mut data = Vec::new();
         match self.load_step() {
             Step::Whole => {
+                input.read_to_end(&mut data)?;
+            }
+            Step::Held => {
+                self.wait_released();
                 input.read_to_end(&mut data)?;
             }
             Step::Fail(msg) => {

@@ -107,3 +107,32 @@ pub async fn connected(c: &coordinator::Coordinator) {
         .await
         .expect("helpers connect");
 }
+
+/// Checks that `c` still serves after a fault: with `helpers` scripted to
+/// behave (their scripts reset to [`Step::Whole`], fresh state each), a
+/// save succeeds and the load of that stream restores exactly that state.
+/// Not for a helper left in a [`Step::Hang`] (its thread stays blocked).
+pub async fn assert_still_serves(c: &coordinator::Coordinator, helpers: &[&std::sync::Arc<Fake>]) {
+    let mut held = Vec::new();
+    for (i, h) in helpers.iter().enumerate() {
+        h.set_save(Step::Whole);
+        h.set_load(Step::Whole);
+        let data = pattern(100 + i, 0xA0 ^ i as u8);
+        h.set_data(data.clone());
+        held.push(data);
+    }
+    let (bytes, report) = c
+        .save(Vec::new())
+        .await
+        .expect("the coordinator still saves after the fault");
+    assert_eq!(report.helpers.len(), helpers.len(), "{report:?}");
+    for h in helpers {
+        h.set_data(b"not loaded".to_vec());
+    }
+    c.load(std::io::Cursor::new(bytes), None)
+        .await
+        .expect("the coordinator still loads after the fault");
+    for (h, data) in helpers.iter().zip(held) {
+        assert_eq!(h.data(), data, "state restored after the fault");
+    }
+}

@@ -48,6 +48,7 @@ pub struct Raw {
     liar: Option<Liar>,
     data: Arc<Mutex<Vec<u8>>>,
     calls: Arc<AtomicUsize>,
+    id_reads: Arc<AtomicUsize>,
     save_destinations: Arc<Mutex<Vec<Option<String>>>>,
     conn: Arc<Mutex<Option<Connection>>>,
 }
@@ -64,6 +65,7 @@ impl Raw {
             liar: None,
             data: Default::default(),
             calls: Default::default(),
+            id_reads: Default::default(),
             save_destinations: Default::default(),
             conn: Default::default(),
         }
@@ -165,6 +167,11 @@ impl Raw {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Reads of its `Id` property (the coordinator's check on accepting it).
+    pub fn id_reads(&self) -> usize {
+        self.id_reads.load(Ordering::SeqCst)
+    }
+
     /// The destination field of each `Save` call seen.
     pub fn save_destinations(&self) -> Vec<Option<String>> {
         self.save_destinations.lock().unwrap().clone()
@@ -185,6 +192,7 @@ struct Vm(Raw);
 impl Vm {
     #[zbus(property)]
     async fn id(&self) -> String {
+        self.0.id_reads.fetch_add(1, Ordering::SeqCst);
         self.0.id.clone()
     }
 
