@@ -124,7 +124,7 @@ fn inspect_rejects_bad_streams_with_exit_1() {
         (
             "empty",
             Vec::new(),
-            "not a state stream (neither the native magic nor a qemu payload)".into(),
+            "not a state stream: the input is empty".into(),
         ),
     ];
     for (name, bytes, needle) in cases {
