@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
+use dbus_vmstate::coordinator::Coordinator;
 use dbus_vmstate::{iface, Error};
 
 /// A helper on raw zbus that reports whatever Id it is given.
@@ -108,24 +109,7 @@ fn client_that_never_authenticates_is_dropped_after_the_deadline() {
         assert!(dropped.2 >= Duration::from_millis(300), "{:?}", dropped.2);
         // The client can see the hang-up before the coordinator records
         // why.
-        until("the rejection to be recorded", || {
-            c.status()[0].last_rejection.is_some()
-        })
-        .await;
-        let status = &c.status()[0];
-        assert!(!status.connected);
-        assert!(
-            status
-                .last_rejection
-                .as_deref()
-                .unwrap()
-                .contains("handshake"),
-            "{status:?}"
-        );
-        let a = Fake::new("a", Vec::new());
-        drop(a.spawn(sock(dir.path(), "a")));
-        connected(&c).await;
-        assert_still_serves(&c, &[&a]).await;
+        handshake_rejected_then_serves(&c, dir.path()).await;
     });
 }
 
@@ -156,23 +140,7 @@ fn client_stalling_mid_handshake_is_dropped_after_the_deadline() {
             "dropped at the deadline, not before: {:?}",
             dropped.1
         );
-        until("the rejection to be recorded", || {
-            c.status()[0].last_rejection.is_some()
-        })
-        .await;
-        let status = &c.status()[0];
-        assert!(
-            status
-                .last_rejection
-                .as_deref()
-                .unwrap()
-                .contains("handshake"),
-            "{status:?}"
-        );
-        let a = Fake::new("a", Vec::new());
-        drop(a.spawn(sock(dir.path(), "a")));
-        connected(&c).await;
-        assert_still_serves(&c, &[&a]).await;
+        handshake_rejected_then_serves(&c, dir.path()).await;
     });
 }
 
@@ -497,4 +465,27 @@ fn helper_that_disconnects_between_calls_and_reconnects_is_served() {
         let records = dbus_vmstate::stream::native::read_all(&out[..], Default::default()).unwrap();
         assert_eq!(records[0].data, b"impostor");
     });
+}
+
+/// The coordinator recorded a handshake failure for helper "a", is not
+/// connected to the stalled client, and then serves a real helper.
+async fn handshake_rejected_then_serves(c: &Coordinator, dir: &Path) {
+    until("the rejection to be recorded", || {
+        c.status()[0].last_rejection.is_some()
+    })
+    .await;
+    let status = &c.status()[0];
+    assert!(!status.connected);
+    assert!(
+        status
+            .last_rejection
+            .as_deref()
+            .unwrap()
+            .contains("handshake"),
+        "{status:?}"
+    );
+    let a = Fake::new("a", Vec::new());
+    drop(a.spawn(sock(dir, "a")));
+    connected(c).await;
+    assert_still_serves(c, &[&a]).await;
 }
