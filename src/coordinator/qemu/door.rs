@@ -221,6 +221,10 @@ pub(super) async fn serve(
                     door.handle(call).await;
                 }
             }
+            Ok(Some(Err(zbus::Error::InputOutput(e)))) => {
+                // QEMU exiting resets its end; the stream ends next.
+                tracing::debug!("reading from QEMU failed: {e}");
+            }
             Ok(Some(Err(e))) => {
                 tracing::warn!("QEMU sent a message that does not parse: {e}");
             }
