@@ -580,7 +580,12 @@ impl Door {
     where
         F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
         Fut: std::future::Future<
-                Output = (Call, u64, std::time::Instant, Result<(Transfer, Reply), Error>),
+                Output = (
+                    Call,
+                    u64,
+                    std::time::Instant,
+                    Result<(Transfer, Reply), Error>,
+                ),
             > + Send
             + 'static,
     {
