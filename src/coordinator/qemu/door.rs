@@ -554,7 +554,7 @@ impl Door {
         };
         let started = self.round.start();
         let number = self.round.number;
-        let lane = self.round.lane.clone();
+        let lane = self.round.lane();
         self.spawn_call(call, slot, move |inner| async move {
             let outcome = async {
                 let operation = {

@@ -55,7 +55,10 @@ pub(super) struct Round {
     /// The results of the batch, once QEMU's first `Save` came.
     saves: Option<HashMap<usize, SaveResult>>,
     /// See [`Lane`].
-    pub lane: Lane,
+    lane: Lane,
+    /// Whether a `Load` took the lane (so that there is something to let
+    /// go of).
+    loading: bool,
 }
 
 impl Round {
@@ -68,7 +71,14 @@ impl Round {
             dropped: BTreeSet::new(),
             saves: None,
             lane: Arc::new(async_lock::Mutex::new(None)),
+            loading: false,
         }
+    }
+
+    /// The lane a `Load` of this round holds its lock in.
+    pub fn lane(&mut self) -> Lane {
+        self.loading = true;
+        self.lane.clone()
     }
 
     /// QEMU read the `Id` of the helper in `slot`.
@@ -123,9 +133,11 @@ impl Round {
     }
 
     /// Lets go of the round's lock (the round is over).
-    pub fn release(&self) {
-        let lane = self.lane.clone();
-        drop(rt::spawn(async move { lane.lock().await.take() }));
+    pub fn release(&mut self) {
+        if std::mem::take(&mut self.loading) {
+            let lane = self.lane.clone();
+            drop(rt::spawn(async move { lane.lock().await.take() }));
+        }
     }
 }
 
