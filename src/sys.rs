@@ -2,9 +2,11 @@
 //!
 //! The rest of the crate denies `unsafe_code`; what it needs from the
 //! kernel beyond std and socket2 is here, as small safe functions. Most of
-//! them are `rustix` calls, which are safe already; the two `unsafe` blocks
-//! are the `SO_PEERCRED` read (see [`peer_credentials`] for why not
-//! rustix's) and marking received bytes as initialized in [`recv_append`].
+//! them are `rustix` calls, which are safe already (the kernel copies
+//! `sendfile`, `splice` and `copy_file_range` among them); the `unsafe`
+//! blocks are the `SO_PEERCRED` read (see [`peer_credentials`] for why not
+//! rustix's), marking received bytes as initialized in [`recv_append`],
+//! and the signal mask calls of [`without_sigpipe`].
 
 #![allow(unsafe_code)]
 
@@ -157,6 +159,139 @@ pub(crate) fn recv_append(socket: &impl AsFd, buf: &mut Vec<u8>, max: usize) -> 
     Ok(n)
 }
 
+/// What a descriptor is, as far as choosing how to copy from or to it
+/// goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A regular file: `sendfile(2)` reads it, `copy_file_range(2)` copies
+    /// between two of them.
+    File,
+    /// A pipe or FIFO: `splice(2)` moves pages in or out of it.
+    Pipe,
+    /// A socket, a terminal, a device.
+    Other,
+}
+
+/// What `fd` is (`fstat(2)`).
+///
+/// # Errors
+///
+/// `fstat(2)`'s error.
+pub(crate) fn kind(fd: &impl AsFd) -> io::Result<Kind> {
+    let mode = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode);
+    Ok(match mode {
+        rustix::fs::FileType::RegularFile => Kind::File,
+        rustix::fs::FileType::Fifo => Kind::Pipe,
+        _ => Kind::Other,
+    })
+}
+
+/// `sendfile(2)`: copies at most `count` bytes from the regular file `from`,
+/// starting at its file offset (which it advances), to `to`, inside the
+/// kernel. Returns the bytes copied: 0 at the end of the file.
+///
+/// # Errors
+///
+/// `sendfile(2)`'s error: `EINVAL` or `ENOSYS` where `to` cannot take it.
+pub(crate) fn sendfile(to: &impl AsFd, from: &impl AsFd, count: usize) -> io::Result<usize> {
+    Ok(rustix::fs::sendfile(to, from, None, count)?)
+}
+
+/// `copy_file_range(2)`: copies at most `count` bytes between two regular
+/// files at their file offsets, inside the kernel (sharing extents where
+/// the file system can). Returns the bytes copied: 0 at the end of `from`.
+///
+/// # Errors
+///
+/// `copy_file_range(2)`'s error: `EXDEV`, `EINVAL`, `EOPNOTSUPP` or
+/// `ENOSYS` where the pair cannot take it.
+pub(crate) fn copy_file_range(from: &impl AsFd, to: &impl AsFd, count: usize) -> io::Result<usize> {
+    Ok(rustix::fs::copy_file_range(from, None, to, None, count)?)
+}
+
+/// `splice(2)`: moves at most `count` bytes from `from` to `to`, one of
+/// which is a pipe, without copying them through user space. Returns the
+/// bytes moved: 0 at end-of-file.
+///
+/// # Errors
+///
+/// `splice(2)`'s error: `EINVAL` where neither end is a pipe or the other
+/// end does not support it.
+pub(crate) fn splice(from: &impl AsFd, to: &impl AsFd, count: usize) -> io::Result<usize> {
+    let flags = rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::MORE;
+    Ok(rustix::pipe::splice(from, None, to, None, count, flags)?)
+}
+
+/// Asks for a pipe capacity of `bytes` (`F_SETPIPE_SZ`); returns the
+/// capacity the pipe has now.
+///
+/// # Errors
+///
+/// `fcntl(2)`'s error: `EPERM` over the user's limit, `EBADF` for a
+/// descriptor that is not a pipe.
+pub(crate) fn set_pipe_size(pipe: &impl AsFd, bytes: usize) -> io::Result<usize> {
+    rustix::pipe::fcntl_setpipe_size(pipe, bytes)?;
+    Ok(rustix::pipe::fcntl_getpipe_size(pipe)?)
+}
+
+/// Runs `copy` with `SIGPIPE` blocked on this thread, and discards the
+/// `SIGPIPE` that an `EPIPE` from it raised: `sendfile(2)` and `splice(2)`
+/// into a socket or pipe whose reader is gone raise the signal (they have
+/// no `MSG_NOSIGNAL`), which would kill a process that did not ignore it.
+/// Here the copy fails with `EPIPE` ([`io::ErrorKind::BrokenPipe`]) and
+/// nothing else happens.
+///
+/// A `SIGPIPE` already pending before the call stays pending.
+///
+/// # Errors
+///
+/// What `copy` returns.
+pub(crate) fn without_sigpipe<T>(copy: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let pipe = sigset_of(&[libc::SIGPIPE]);
+    let mut old = sigset_of(&[]);
+    // SAFETY: both sets are initialized `sigset_t`s that outlive the call;
+    // pthread_sigmask only changes this thread's mask.
+    let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) } == 0;
+    let mut pending = sigset_of(&[]);
+    // SAFETY: `pending` is an initialized `sigset_t` for sigpending to fill.
+    let was_pending = blocked
+        && unsafe { libc::sigpending(&mut pending) } == 0
+        // SAFETY: `pending` is an initialized `sigset_t`.
+        && unsafe { libc::sigismember(&pending, libc::SIGPIPE) } == 1;
+    let result = copy();
+    let broke = matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE));
+    if blocked && broke && !was_pending {
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `pipe` and `now` are initialized and outlive the call; a
+        // null info pointer is allowed. With a zero timeout it only takes
+        // the pending SIGPIPE, if any (EAGAIN otherwise, ignored).
+        unsafe { libc::sigtimedwait(&pipe, std::ptr::null_mut(), &now) };
+    }
+    // SAFETY: `old` is the mask pthread_sigmask saved above.
+    if blocked && unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 0 {
+        // SAFETY: `old` is initialized; restoring it touches this thread only.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    result
+}
+
+/// A signal set holding `signals`.
+fn sigset_of(signals: &[libc::c_int]) -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initializes the whole set it is given.
+    unsafe { libc::sigemptyset(set.as_mut_ptr()) };
+    // SAFETY: initialized by sigemptyset just above.
+    let mut set = unsafe { set.assume_init() };
+    for &signal in signals {
+        // SAFETY: `set` is initialized and `signal` a valid signal number.
+        unsafe { libc::sigaddset(&mut set, signal) };
+    }
+    set
+}
+
 /// A pipe, close-on-exec: (read end, write end).
 ///
 /// # Errors
@@ -230,6 +365,62 @@ mod tests {
         drop(b);
         let err = send_nosignal(&a, b"x").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// Set in the copy of the test binary that
+    /// [`without_sigpipe_keeps_a_process_with_the_default_action_alive`]
+    /// runs: `wrapped` or `bare`.
+    const SIGPIPE_CHILD: &str = "DBUS_VMSTATE_TEST_SIGPIPE_CHILD";
+
+    /// Sends a file into a socket whose peer is gone, with SIGPIPE's
+    /// default action (which kills), inside [`without_sigpipe`] or not.
+    fn sendfile_to_a_closed_peer(wrapped: bool) {
+        // SAFETY: sets SIGPIPE's disposition to the default action; no
+        // handler is involved. Only ever in a child process of its own.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[7; 65536]).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let sent = if wrapped {
+            without_sigpipe(|| sendfile(&a, &file, 65536))
+        } else {
+            sendfile(&a, &file, 65536)
+        };
+        assert_eq!(sent.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// The test re-runs itself in a child process: there SIGPIPE kills,
+    /// as in a program that does not ignore it (Rust programs do). The
+    /// bare `sendfile` must die of it (or this test proves nothing), the
+    /// wrapped one must not.
+    #[test]
+    fn without_sigpipe_keeps_a_process_with_the_default_action_alive() {
+        use std::os::unix::process::ExitStatusExt;
+        match std::env::var(SIGPIPE_CHILD).as_deref() {
+            Ok("wrapped") => return sendfile_to_a_closed_peer(true),
+            Ok(_) => return sendfile_to_a_closed_peer(false),
+            Err(_) => {}
+        }
+        let run = |mode: &str| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "sys::tests::without_sigpipe_keeps_a_process_with_the_default_action_alive",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(SIGPIPE_CHILD, mode)
+                .output()
+                .unwrap()
+        };
+        let bare = run("bare");
+        assert_eq!(bare.status.signal(), Some(libc::SIGPIPE), "{bare:?}");
+        let wrapped = run("wrapped");
+        assert!(wrapped.status.success(), "{wrapped:?}");
+        let stdout = String::from_utf8_lossy(&wrapped.stdout);
+        assert!(stdout.contains("1 passed"), "{stdout}");
     }
 
     #[test]

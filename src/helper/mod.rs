@@ -15,9 +15,11 @@
 //!   (by default [`State::save`]) and [`State::load`].
 //! - **streaming**: `SaveFd(h)` and `LoadFd(h, t)` pass a socket, and the
 //!   state flows through it with no size limit and no D-Bus copies. The
-//!   library calls [`State::save_to`] with the socket as a [`Write`] and
-//!   [`State::load_from`] with it as a [`Read`] (by default they wrap
-//!   [`State::save`] and [`State::load`]).
+//!   library calls [`State::save_to_stream`] with the socket as a
+//!   [`StreamOut`] and [`State::load_from_stream`] with it as a
+//!   [`StreamIn`]; by default they hand the socket to [`State::save_to`]
+//!   as a [`Write`] and to [`State::load_from`] as a [`Read`], which by
+//!   default wrap [`State::save`] and [`State::load`].
 //!
 //! Every call runs on a blocking thread pool, never on the D-Bus I/O
 //! thread, so a slow save does not stall the connection.
@@ -110,10 +112,12 @@ use crate::iface;
 use crate::rt;
 use crate::stream;
 
+mod copy;
 mod fd;
 mod file;
 mod object;
 
+pub use fd::{StreamIn, StreamOut};
 pub use file::FileState;
 
 /// Any error a [`State`] implementation returns; its text (with causes)
@@ -135,7 +139,11 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 /// [`State::save_to`] and [`State::load_from`], which the coordinator uses
 /// when the helper serves `org.dbusvmstate.Stream1`: the state then moves
 /// through bounded memory on both sides. A helper whose state is already
-/// shared bytes implements [`State::save_shared`] to skip a copy.
+/// shared bytes implements [`State::save_shared`] to skip a copy. A helper
+/// whose state sits in a file, or comes out of or goes into a pipe,
+/// implements [`State::save_to_stream`] and [`State::load_from_stream`]
+/// instead, to let the kernel copy it ([`StreamOut::copy_from`],
+/// [`StreamIn::copy_to`]), as [`FileState`] does.
 ///
 /// The methods are called on a blocking thread pool; they may block.
 ///
@@ -221,6 +229,37 @@ pub trait State: Send + Sync + 'static {
     /// As [`State::save`].
     fn save_shared(&self) -> Result<SharedBytes, BoxError> {
         Ok(Arc::new(self.save()?))
+    }
+
+    /// Writes the whole state into the coordinator's socket, for the
+    /// streaming path (`SaveFd`). The default calls [`State::save_to`]
+    /// with `out` as its [`Write`]; a helper overrides it to reach the
+    /// socket itself, above all to let the kernel copy a file or a pipe
+    /// into it with [`StreamOut::copy_from`].
+    ///
+    /// This default is built on a provided method, not a required one:
+    /// [`State::save_to`]'s default calls only [`State::save`], so the
+    /// chain cannot turn back on itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`State::save_to`].
+    fn save_to_stream(&self, out: &mut StreamOut) -> Result<(), BoxError> {
+        self.save_to(out)
+    }
+
+    /// Reads the whole state from the coordinator's socket and replaces
+    /// the current one, for the streaming path (`LoadFd`). The default
+    /// calls [`State::load_from`] with `input` as its [`Read`]; a helper
+    /// overrides it to reach the socket itself, for instance to let the
+    /// kernel move the state into a pipe with [`StreamIn::copy_to`].
+    /// [`StreamIn::size`] tells the size before the first byte is read.
+    ///
+    /// # Errors
+    ///
+    /// As [`State::load_from`].
+    fn load_from_stream(&self, input: &mut StreamIn) -> Result<(), BoxError> {
+        self.load_from(input)
     }
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_bytes::ByteBuf;
 use zbus::{Signature, Type};
 
-use super::fd::{FdReader, FdWriter};
+use super::fd::{StreamIn, StreamOut};
 use super::{BoxError, SharedBytes, State};
 use crate::iface;
 use crate::rt;
@@ -106,8 +106,8 @@ impl Stream {
     async fn save_fd(&self, fd: zbus::OwnedFd) -> Result<u64, CallError> {
         let state = self.state.clone();
         let saved = rt::spawn_blocking(move || -> Result<u64, BoxError> {
-            let mut out = FdWriter::new(fd.into())?;
-            state.save_to(&mut out)?;
+            let mut out = StreamOut::new(fd.into())?;
+            state.save_to_stream(&mut out)?;
             Ok(out.finish()?)
         })
         .await;
@@ -118,8 +118,8 @@ impl Stream {
     async fn load_fd(&self, fd: zbus::OwnedFd, size: u64) -> Result<(), CallError> {
         let state = self.state.clone();
         let loaded = rt::spawn_blocking(move || -> Result<(), BoxError> {
-            let mut input = FdReader::new(fd.into(), size)?;
-            state.load_from(&mut input)?;
+            let mut input = StreamIn::new(fd.into(), size)?;
+            state.load_from_stream(&mut input)?;
             Ok(input.finish()?)
         })
         .await;

@@ -3,9 +3,13 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 
-use dbus_vmstate::helper::{BoxError, State};
+use dbus_vmstate::helper::{BoxError, State, StreamIn, StreamOut};
+
+/// The buffer between a command and a `dyn Read` or `dyn Write` (the
+/// plain path; the streaming path lets the kernel move the bytes).
+const BLOCK_BYTES: usize = 1 << 20;
 
 /// The shell that runs the commands.
 const SHELL: &str = "/bin/sh";
@@ -63,6 +67,31 @@ impl State for ExecState {
     }
 
     fn save_to(&self, out: &mut dyn Write) -> Result<(), BoxError> {
+        self.run_save(|stdout| copy_blocks(stdout, out))
+    }
+
+    fn load_from(&self, input: &mut dyn Read) -> Result<(), BoxError> {
+        self.run_load(|stdin| copy_blocks(input, stdin))
+    }
+
+    // The command's stdout is spliced into the coordinator's socket, and
+    // the socket into its stdin: the bytes never enter this process.
+    fn save_to_stream(&self, out: &mut StreamOut) -> Result<(), BoxError> {
+        self.run_save(|stdout| out.copy_from(stdout))
+    }
+
+    fn load_from_stream(&self, input: &mut StreamIn) -> Result<(), BoxError> {
+        self.run_load(|stdin| input.copy_to(stdin))
+    }
+}
+
+impl ExecState {
+    /// Runs `--save-cmd`, with `copy` moving its stdout to the state's
+    /// destination.
+    fn run_save(
+        &self,
+        copy: impl FnOnce(&mut ChildStdout) -> io::Result<u64>,
+    ) -> Result<(), BoxError> {
         let cmd = self
             .save_cmd
             .as_deref()
@@ -74,7 +103,7 @@ impl State for ExecState {
             .spawn()
             .map_err(|e| format!("cannot run save command {cmd:?}: {e}"))?;
         let copied = match child.stdout.take() {
-            Some(mut stdout) => io::copy(&mut stdout, out),
+            Some(mut stdout) => copy(&mut stdout),
             None => Err(io::Error::other("no pipe to the command's stdout")),
         };
         let status = child
@@ -83,11 +112,15 @@ impl State for ExecState {
         if !status.success() {
             return Err(format!("save command {cmd:?} {}", describe(status)).into());
         }
-        copied.map_err(|e| format!("cannot read the output of save command {cmd:?}: {e}"))?;
+        copied.map_err(|e| format!("cannot copy the output of save command {cmd:?}: {e}"))?;
         Ok(())
     }
 
-    fn load_from(&self, input: &mut dyn Read) -> Result<(), BoxError> {
+    /// Runs `--load-cmd`, with `copy` moving the state into its stdin.
+    fn run_load(
+        &self,
+        copy: impl FnOnce(&mut ChildStdin) -> io::Result<u64>,
+    ) -> Result<(), BoxError> {
         let cmd = self
             .load_cmd
             .as_deref()
@@ -101,7 +134,7 @@ impl State for ExecState {
         let copied = match child.stdin.take() {
             // Dropping stdin at the end of the arm closes the pipe, so the
             // command sees the end of the state.
-            Some(mut stdin) => io::copy(input, &mut stdin),
+            Some(mut stdin) => copy(&mut stdin),
             None => Err(io::Error::other("no pipe to the command's stdin")),
         };
         let status = child
@@ -117,6 +150,23 @@ impl State for ExecState {
             }
             Err(e) => Err(format!("cannot write the state to load command {cmd:?}: {e}").into()),
         }
+    }
+}
+
+/// [`io::copy`] through a [`BLOCK_BYTES`] buffer: std's is 8 KiB, and it
+/// cannot see the descriptor behind a `dyn Read` or `dyn Write`.
+fn copy_blocks(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    let mut moved = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(moved),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        moved += n as u64;
     }
 }
 

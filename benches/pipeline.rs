@@ -1,0 +1,612 @@
+//! End to end through the real command: `serve` processes, helper
+//! processes, and `save` / `load` clients joined by shell pipes, each
+//! figure beside a baseline measured in the same run.
+//!
+//! - `file`: one `helper --state-file` of 1 GiB (in /dev/shm) saved into
+//!   `save --output - > /dev/null`, against a raw Unix-socket copy of the
+//!   same bytes between two threads of this process (1 MiB writes, the
+//!   4 MiB socket buffer the streaming path asks for);
+//! - `pipeline`: two coordinators (`serve`) in separate processes, N
+//!   streaming demo helpers each, `save | load` through a pipe, against
+//!   save alone into /dev/null, load alone from the stream in /dev/shm,
+//!   and `cat | cat` of the same bytes (the pipe's ceiling); then the same
+//!   through `pv -qL 200M` standing in for a network link, against `cat |
+//!   pv -qL 200M | cat`. Reports each serve's CPU seconds per GiB
+//!   (`/proc/PID/stat`) and peak RSS (`VmHWM`, reset before each run
+//!   through `/proc/PID/clear_refs`);
+//! - `plain`: 16 plain helpers of 64 MiB saved and loaded, for the
+//!   serves' peak RSS.
+//!
+//! Each process pipeline runs for seconds, so this is a plain `main`
+//! rather than criterion: every case runs `PIPELINE_RUNS` times (default
+//! 5), the cases of one round one after another so that they share the
+//! machine's noise, and the table shows medians.
+//!
+//! ```sh
+//! cargo bench --bench pipeline              # all of it, about 3 minutes
+//! cargo bench --bench pipeline -- file      # one part: file, pipeline, plain
+//! ```
+//!
+//! Settings (environment): `PIPELINE_RUNS`, `PIPELINE_HELPERS` (default
+//! 2), `PIPELINE_SIZE_MIB` (per helper, default 512),
+//! `PIPELINE_PLAIN_BUDGET_MIB` (the memory the serve may hold for plain
+//! states, default 256), `PIPELINE_EXE` (another build of the command, to
+//! measure before and after).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The command under test: the one cargo built for this bench, or
+/// `PIPELINE_EXE` (another build, to compare before and after).
+fn exe() -> String {
+    std::env::var("PIPELINE_EXE").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dbus-vmstate").into())
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Whether the part `name` was asked for (no filter: every part).
+fn wanted(name: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    filter.is_none_or(|f| name.contains(&f))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// A child process killed and reaped when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.pid().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `serve` process, started and ready.
+struct Serve {
+    proc: Proc,
+    control: PathBuf,
+    dir: PathBuf,
+}
+
+impl Serve {
+    fn start(dir: &Path, ids: &[String]) -> Serve {
+        let mut child = Command::new(exe())
+            .arg("serve")
+            .arg("--socket-dir")
+            .arg(dir)
+            .arg("--id-list")
+            .arg(ids.join(","))
+            .args(["--timeout", "300", "--connect-timeout", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start serve");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("serve's stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("serve's ready line");
+        assert!(line.starts_with("ready:"), "serve said {line:?}");
+        Serve {
+            proc: Proc(child),
+            control: dir.join("control.sock"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// User plus system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.proc.pid()))
+            .expect("/proc/PID/stat");
+        // Fields after the command name (which may hold spaces): state is
+        // the first, utime the 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
+    }
+
+    /// Peak RSS since the last [`Serve::reset_peak`], in KiB.
+    fn peak_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM")
+    }
+
+    /// Resets `VmHWM` to the current RSS (`clear_refs` value 5).
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.proc.pid()), "5");
+    }
+
+    fn socket(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.sock"))
+    }
+}
+
+/// The unit of `/proc/PID/stat`'s times (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output();
+        out.ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// A demo helper process: `size` bytes of generated state, or empty and
+/// checking what it is loaded with (`destination`).
+fn demo_helper(serve: &Serve, id: &str, seed: usize, size: u64, dest: bool, plain: bool) -> Proc {
+    let mut cmd = Command::new(exe());
+    cmd.arg("demo-helper")
+        .arg("--socket")
+        .arg(serve.socket(id))
+        .args(["--id", id, "--size", &size.to_string()])
+        .args(["--seed", &seed.to_string()]);
+    if dest {
+        cmd.arg("--destination");
+    }
+    if plain {
+        cmd.arg("--plain");
+    }
+    Proc(cmd.stderr(Stdio::null()).spawn().expect("demo-helper"))
+}
+
+/// Runs `script` under bash with `pipefail`; returns its wall time.
+fn shell(script: &str) -> Duration {
+    let start = Instant::now();
+    let out = Command::new("bash")
+        .args(["-c", &format!("set -o pipefail; {script}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("bash");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{script}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn save_cmd(s: &Serve) -> String {
+    format!(
+        "{} -q save --control {} --output -",
+        exe(),
+        s.control.display()
+    )
+}
+
+fn load_cmd(s: &Serve) -> String {
+    format!(
+        "{} -q load --control {} --input -",
+        exe(),
+        s.control.display()
+    )
+}
+
+/// `text` as a Markdown table cell: a `|` would end the cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+fn gbps(bytes: u64, t: f64) -> f64 {
+    bytes as f64 / t / 1e9
+}
+
+/// One row of the targets table.
+struct Target {
+    what: String,
+    measured: String,
+    met: bool,
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// A raw copy of `bytes` over a Unix socket pair between two threads:
+/// 1 MiB writes and reads, 4 MiB socket buffers. Returns the wall time.
+fn raw_socket_copy(bytes: u64) -> Duration {
+    let (a, mut b) = UnixStream::pair().expect("socket pair");
+    let _ = socket2::SockRef::from(&a).set_send_buffer_size(4 << 20);
+    let _ = socket2::SockRef::from(&b).set_recv_buffer_size(4 << 20);
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let mut a = a;
+        let block = vec![0x5au8; MIB as usize];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(MIB) as usize;
+            a.write_all(&block[..n]).expect("raw send");
+            left -= n as u64;
+        }
+    });
+    let mut buf = vec![0u8; MIB as usize];
+    let mut got = 0u64;
+    while got < bytes {
+        match b.read(&mut buf).expect("raw recv") {
+            0 => break,
+            n => got += n as u64,
+        }
+    }
+    sender.join().expect("sender");
+    assert_eq!(got, bytes);
+    start.elapsed()
+}
+
+/// `helper --state-file` of 1 GiB saved to /dev/null, against the raw
+/// socket copy.
+fn file_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String) {
+    let size = GIB;
+    let state = work.join("state-1g");
+    write_pattern(&state, size);
+    let serve = Serve::start(&work.join("file"), &["file".to_string()]);
+    let _helper = Proc(
+        Command::new(exe())
+            .arg("helper")
+            .arg("--socket")
+            .arg(serve.socket("file"))
+            .args(["--id", "file", "--state-file"])
+            .arg(&state)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("helper"),
+    );
+    let save = format!("{} > /dev/null", save_cmd(&serve));
+    shell(&save); // warm-up: the helper connects, the file is in memory
+    let (mut raw, mut saved) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        raw.push(raw_socket_copy(size).as_secs_f64());
+        saved.push(shell(&save).as_secs_f64());
+    }
+    let (raw, saved) = (median(raw), median(saved));
+    let ratio = raw / saved;
+    let _ = writeln!(
+        out,
+        "\nhelper --state-file, 1 GiB, save --output - > /dev/null (median of {runs})\n\
+         | case | time | throughput |\n|---|---|---|\n\
+         | raw Unix socket, same bytes | {:.3} s | {:.2} GB/s |\n\
+         | helper --state-file -> serve -> save > /dev/null | {:.3} s | {:.2} GB/s ({ratio:.2}x raw) |",
+        raw,
+        gbps(size, raw),
+        saved,
+        gbps(size, saved),
+    );
+    targets.push(Target {
+        what: "helper --state-file 1 GiB save >= 0.5x raw socket".into(),
+        measured: format!(
+            "{:.2} vs {:.2} GB/s = {ratio:.2}x",
+            gbps(size, saved),
+            gbps(size, raw)
+        ),
+        met: ratio >= 0.5,
+    });
+    let _ = std::fs::remove_file(&state);
+}
+
+/// Writes `size` bytes that do not compress to nothing.
+fn write_pattern(path: &Path, size: u64) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("state file"));
+    let mut block = vec![0u8; MIB as usize];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    for chunk in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    for i in 0..size / MIB {
+        block[0..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&block).expect("write state file");
+    }
+    f.flush().expect("flush state file");
+}
+
+/// The medians of one case: wall seconds, source and destination CPU
+/// seconds, source and destination peak RSS (KiB, the largest run).
+#[derive(Default)]
+struct Samples {
+    wall: Vec<f64>,
+    src_cpu: Vec<f64>,
+    dst_cpu: Vec<f64>,
+    src_peak: u64,
+    dst_peak: u64,
+}
+
+impl Samples {
+    /// Runs `script` once, measuring both serves around it.
+    fn run(&mut self, script: &str, src: &Serve, dst: &Serve) {
+        src.reset_peak();
+        dst.reset_peak();
+        let (s0, d0) = (src.cpu(), dst.cpu());
+        self.wall.push(shell(script).as_secs_f64());
+        self.src_cpu.push((src.cpu() - s0).as_secs_f64());
+        self.dst_cpu.push((dst.cpu() - d0).as_secs_f64());
+        self.src_peak = self.src_peak.max(src.peak_kib());
+        self.dst_peak = self.dst_peak.max(dst.peak_kib());
+    }
+
+    fn wall(&self) -> f64 {
+        median(self.wall.clone())
+    }
+}
+
+/// Two serves, N streaming helpers each, save | load and its baselines.
+fn pipeline_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String) {
+    let n = env_u64("PIPELINE_HELPERS", 2) as usize;
+    let size = env_u64("PIPELINE_SIZE_MIB", 512) * MIB;
+    let ids: Vec<String> = (1..=n).map(|i| format!("h{i}")).collect();
+    let src = Serve::start(&work.join("src"), &ids);
+    let dst = Serve::start(&work.join("dst"), &ids);
+    let _helpers: Vec<Proc> = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(i, id)| {
+            [
+                demo_helper(&src, id, i, size, false, false),
+                demo_helper(&dst, id, i, size, true, false),
+            ]
+        })
+        .collect();
+    let stream = work.join("stream");
+    // Warm-up, and the stream that the load-alone and cat cases read.
+    shell(&format!("{} > {}", save_cmd(&src), stream.display()));
+    let bytes = std::fs::metadata(&stream).expect("stream").len();
+    shell(&format!("{} < {}", load_cmd(&dst), stream.display()));
+
+    let s = stream.display();
+    let cases = [
+        (
+            "save alone > /dev/null",
+            format!("{} > /dev/null", save_cmd(&src)),
+        ),
+        (
+            "load alone < stream in /dev/shm",
+            format!("{} < {s}", load_cmd(&dst)),
+        ),
+        (
+            "save | load",
+            format!("{} | {}", save_cmd(&src), load_cmd(&dst)),
+        ),
+        (
+            "cat stream | cat > /dev/null",
+            format!("cat {s} | cat > /dev/null"),
+        ),
+    ];
+    let mut samples: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
+    for _ in 0..runs {
+        for (case, sample) in cases.iter().zip(&mut samples) {
+            sample.run(&case.1, &src, &dst);
+        }
+    }
+    let pv = Command::new("pv").arg("--version").output().is_ok();
+    let limited = [
+        (
+            "save | pv -qL 200M | load",
+            format!("{} | pv -qL 200M | {}", save_cmd(&src), load_cmd(&dst)),
+        ),
+        (
+            "cat stream | pv -qL 200M | cat > /dev/null",
+            format!("cat {s} | pv -qL 200M | cat > /dev/null"),
+        ),
+    ];
+    let mut limited_samples: Vec<Samples> = limited.iter().map(|_| Samples::default()).collect();
+    let limited_runs = runs.min(3);
+    if pv {
+        for _ in 0..limited_runs {
+            for (case, sample) in limited.iter().zip(&mut limited_samples) {
+                sample.run(&case.1, &src, &dst);
+            }
+        }
+    }
+
+    let gib = bytes as f64 / GIB as f64;
+    let _ = writeln!(
+        out,
+        "\n{n} streaming helpers x {} MiB, stream of {bytes} bytes (median of {runs}; \
+         CPU is each serve's user+system time, peak RSS the largest VmHWM of the runs)\n\
+         | case | wall | throughput | source serve CPU s/GiB | destination serve CPU s/GiB | source VmHWM | destination VmHWM |\n\
+         |---|---|---|---|---|---|---|",
+        size / MIB
+    );
+    let mut row = |name: &str, sample: &Samples| {
+        let wall = sample.wall();
+        let name = cell(name);
+        let _ = writeln!(
+            out,
+            "| {name} | {wall:.3} s | {:.2} GB/s | {:.3} | {:.3} | {:.1} MiB | {:.1} MiB |",
+            gbps(bytes, wall),
+            median(sample.src_cpu.clone()) / gib,
+            median(sample.dst_cpu.clone()) / gib,
+            sample.src_peak as f64 / 1024.0,
+            sample.dst_peak as f64 / 1024.0,
+        );
+    };
+    for (case, sample) in cases.iter().zip(&samples) {
+        row(case.0, sample);
+    }
+    if pv {
+        for (case, sample) in limited.iter().zip(&limited_samples) {
+            row(&format!("{} (median of {limited_runs})", case.0), sample);
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "(skipped the rate-limited cases: pv is not installed; apt-get install pv)"
+        );
+    }
+
+    let [save, load, piped, cat] = [0, 1, 2, 3].map(|i| samples[i].wall());
+    let slower = save.max(load);
+    targets.push(Target {
+        what: format!(
+            "save|load of {n} x {} MiB <= 1.3x the slower of save alone and load alone",
+            size / MIB
+        ),
+        measured: format!(
+            "{piped:.3} s vs {slower:.3} s = {:.2}x (cat|cat: {cat:.3} s)",
+            piped / slower
+        ),
+        met: piped <= 1.3 * slower,
+    });
+    if pv {
+        let (limited, bare) = (limited_samples[0].wall(), limited_samples[1].wall());
+        targets.push(Target {
+            what: "save|load through pv -qL 200M <= 1.15x the bare transfer".into(),
+            measured: format!("{limited:.3} s vs {bare:.3} s = {:.2}x", limited / bare),
+            met: limited <= 1.15 * bare,
+        });
+    }
+    let src_cpu = median(samples[2].src_cpu.clone()) / gib;
+    let dst_cpu = median(samples[2].dst_cpu.clone()) / gib;
+    targets.push(Target {
+        what: "destination CPU per GiB loaded <= 1.1x source CPU per GiB saved (save|load)".into(),
+        measured: format!(
+            "{dst_cpu:.3} vs {src_cpu:.3} s/GiB = {:.2}x",
+            dst_cpu / src_cpu
+        ),
+        met: dst_cpu <= 1.1 * src_cpu,
+    });
+    let _ = std::fs::remove_file(&stream);
+}
+
+/// 16 plain helpers of 64 MiB: the serves' peak RSS.
+fn plain_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String) {
+    let (n, size) = (16, 64 * MIB);
+    let budget_mib = env_u64("PIPELINE_PLAIN_BUDGET_MIB", 256);
+    let ids: Vec<String> = (1..=n).map(|i| format!("p{i}")).collect();
+    let src = Serve::start(&work.join("psrc"), &ids);
+    let dst = Serve::start(&work.join("pdst"), &ids);
+    let _helpers: Vec<Proc> = ids
+        .iter()
+        .enumerate()
+        .flat_map(|(i, id)| {
+            [
+                demo_helper(&src, id, i, size, false, true),
+                demo_helper(&dst, id, i, size, true, true),
+            ]
+        })
+        .collect();
+    let stream = work.join("plain-stream");
+    let (s, sd) = (stream.display(), &stream);
+    // Warm-up: every helper connected and its state generated.
+    shell(&format!("{} > {s}", save_cmd(&src)));
+    shell(&format!("{} < {s}", load_cmd(&dst)));
+    let mut save = Samples::default();
+    let mut load = Samples::default();
+    for _ in 0..runs.min(3) {
+        save.run(&format!("{} > {s}", save_cmd(&src)), &src, &dst);
+        load.run(&format!("{} < {s}", load_cmd(&dst)), &src, &dst);
+    }
+    let bytes = std::fs::metadata(sd).map(|m| m.len()).unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "\n{n} plain helpers x {} MiB, stream of {bytes} bytes\n\
+         | case | wall | source VmHWM | destination VmHWM |\n|---|---|---|---|\n\
+         | save > stream in /dev/shm | {:.3} s | {:.1} MiB | - |\n\
+         | load < stream in /dev/shm | {:.3} s | - | {:.1} MiB |",
+        size / MIB,
+        save.wall(),
+        save.src_peak as f64 / 1024.0,
+        load.wall(),
+        load.dst_peak as f64 / 1024.0,
+    );
+    let limit = (budget_mib + 32) as f64;
+    for (what, peak) in [("save", save.src_peak), ("load", load.dst_peak)] {
+        let peak = peak as f64 / 1024.0;
+        targets.push(Target {
+            what: format!(
+                "{n} plain x 64 MiB {what}: serve peak RSS <= budget ({budget_mib} MiB) + 32 MiB"
+            ),
+            measured: format!("{peak:.1} MiB"),
+            met: peak <= limit,
+        });
+    }
+    let _ = std::fs::remove_file(&stream);
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // that asks for a measurement: build only.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("pipeline: run with cargo bench --bench pipeline");
+        return;
+    }
+    let runs = env_u64("PIPELINE_RUNS", 5).max(1) as usize;
+    let work = tempfile::Builder::new()
+        .prefix("dv-pipe")
+        .tempdir_in("/dev/shm")
+        .expect("a directory in /dev/shm");
+    let mut targets = Vec::new();
+    let mut out = String::new();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "command: {}\nload average at the start: {}",
+        exe(),
+        load.trim()
+    );
+    if wanted("file") {
+        file_part(runs, work.path(), &mut targets, &mut out);
+    }
+    if wanted("pipeline") {
+        pipeline_part(runs, work.path(), &mut targets, &mut out);
+    }
+    if wanted("plain") {
+        plain_part(runs, work.path(), &mut targets, &mut out);
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let _ = writeln!(out, "\nload average at the end: {}", load.trim());
+    let _ = writeln!(out, "\n| target | measured (same run) | |\n|---|---|---|");
+    for t in &targets {
+        let (what, measured) = (cell(&t.what), cell(&t.measured));
+        let _ = writeln!(out, "| {what} | {measured} | {} |", verdict(t.met));
+    }
+    print!("{out}");
+    let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pipeline-bench.md");
+    if std::fs::write(&report, &out).is_ok() {
+        println!("\n(also written to {})", report.display());
+    }
+}
