@@ -85,6 +85,22 @@ pub(crate) async fn sleep(duration: Duration) {
     async_std::task::sleep(duration).await
 }
 
+/// Waits until `stream` (a blocking-mode socket) has something to read or
+/// its peer closed; the stream is left in blocking mode.
+///
+/// # Errors
+///
+/// When the socket cannot be watched.
+pub(crate) async fn readable(stream: &UnixStream) -> io::Result<()> {
+    // The duplicate shares the file description, whose O_NONBLOCK the
+    // reactor sets: it is cleared again below.
+    let watched = async_io::Async::new(stream.try_clone()?)?;
+    let ready = watched.readable().await;
+    drop(watched);
+    stream.set_nonblocking(false)?;
+    ready
+}
+
 /// A listening Unix socket whose `accept` can be awaited.
 #[derive(Debug)]
 pub(crate) struct Listener(async_io::Async<UnixListener>);

@@ -159,6 +159,14 @@ pub(crate) fn recv_append(socket: &impl AsFd, buf: &mut Vec<u8>, max: usize) -> 
     Ok(n)
 }
 
+/// Whether the peer of a readable `socket` closed it without sending a
+/// byte, as a probe of whether something listens does. Never blocks.
+pub(crate) fn closed_without_data(socket: &impl AsFd) -> bool {
+    let mut byte = [0u8; 1];
+    let peeked = rustix::net::recv(socket, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT);
+    matches!(peeked, Ok((0, _)))
+}
+
 /// What a descriptor is, as far as choosing how to copy from or to it
 /// goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +322,18 @@ mod tests {
         let (uid, pid) = peer_credentials(&a).unwrap();
         assert_eq!(uid, effective_uid());
         assert_eq!(pid, std::process::id() as i32);
+    }
+
+    #[test]
+    fn a_peer_that_closes_silently_is_told_from_one_that_speaks() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (c, mut d) = UnixStream::pair().unwrap();
+        assert!(!closed_without_data(&a), "nothing happened yet");
+        drop(b);
+        assert!(closed_without_data(&a));
+        d.write_all(b"\0AUTH\r\n").unwrap();
+        drop(d);
+        assert!(!closed_without_data(&c), "it sent bytes before closing");
     }
 
     #[test]

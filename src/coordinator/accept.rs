@@ -58,6 +58,9 @@ async fn accept_loop(inner: Arc<Inner>, index: usize, listener: rt::Listener) {
 /// Why a connection was turned away.
 #[derive(Debug)]
 enum Rejection {
+    /// Closed before saying anything: something probing whether the socket
+    /// is live (a second coordinator starting), not a helper. Not recorded.
+    Probe,
     Handshake(zbus::Error),
     HandshakePanic(String),
     HandshakeTimeout,
@@ -72,6 +75,7 @@ enum Rejection {
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Rejection::Probe => write!(f, "closed before the D-Bus handshake"),
             Rejection::Handshake(e) => write!(f, "D-Bus handshake failed: {e}"),
             Rejection::HandshakePanic(what) => {
                 write!(
@@ -117,6 +121,9 @@ async fn admit(inner: Arc<Inner>, index: usize, stream: UnixStream) {
             }
             watch(inner.clone(), index, conn, generation).await;
         }
+        Err((pid, Rejection::Probe)) => {
+            tracing::debug!(helper = %id, pid, "a connection closed before the handshake (a probe)");
+        }
         Err((pid, why)) => {
             tracing::warn!(helper = %id, pid, "rejected connection: {why}");
             slot.state().last_rejection = Some(why.to_string());
@@ -154,6 +161,9 @@ async fn handshake(
         return Err((pid, Rejection::Uid(uid)));
     }
     let limit = inner.config.handshake_timeout;
+    if probe(&stream, limit).await {
+        return Err((pid, Rejection::Probe));
+    }
     let guid = Guid::generate();
     let (shim, bus) = BusShim::new(guid.to_string());
     let build = Builder::unix_stream(stream)
@@ -198,6 +208,17 @@ async fn handshake(
             let _ = conn.close().await;
             Err((pid, rejection))
         }
+    }
+}
+
+/// Whether the peer closed the connection without a byte, waiting up to
+/// `limit` for it to say something (a D-Bus client speaks first: GDBus,
+/// libdbus, sd-bus and zbus at once).
+pub(super) async fn probe(stream: &UnixStream, limit: Duration) -> bool {
+    match rt::timeout(limit, rt::readable(stream)).await {
+        Ok(Ok(())) => crate::sys::closed_without_data(stream),
+        // The handshake reports what is wrong.
+        _ => false,
     }
 }
 

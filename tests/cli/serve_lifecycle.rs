@@ -290,7 +290,7 @@ fn notifies_the_service_manager_when_ready() {
 fn a_second_serve_on_the_same_sockets_is_refused() {
     let tmp = tmpdir();
     let dir = tmp.path().join("s");
-    let _first = Serve::start(&dir, &["--id-list", "a"]);
+    let first = Serve::start(&dir, &["--id-list", "a"]);
     let out = run_bin([
         "serve",
         "--socket-dir",
@@ -305,6 +305,27 @@ fn a_second_serve_on_the_same_sockets_is_refused() {
         text(&out.stderr)
     );
     assert!(dir.join("a.sock").exists() && dir.join("control.sock").exists());
+    // The second serve's probe of a.sock is no rejected helper on the
+    // first: once a helper connected after it, status shows no rejection.
+    std::fs::write(tmp.path().join("a.state"), b"x").unwrap();
+    let _helper = Helper::file(&dir, "a", &tmp.path().join("a.state"));
+    let status = || {
+        let out = run_bin(["status", "--control", first.control().to_str().unwrap()]);
+        assert_exit(&out, 0);
+        text(&out.stdout)
+    };
+    wait_until("the helper connects", || {
+        status()
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains(" yes       yes"))
+    });
+    let shown = status();
+    assert!(!shown.contains("rejected"), "{shown}");
+    assert!(
+        !first.log().contains("rejected connection"),
+        "{}",
+        first.log()
+    );
 }
 
 #[test]

@@ -201,6 +201,13 @@ async fn admit(inner: Arc<Inner>, stream: UnixStream) {
     };
     let (conn, messages, pid, uid) = match handshake(&inner, stream).await {
         Ok(accepted) => accepted,
+        Err((pid, why)) if why.is_empty() => {
+            tracing::debug!(
+                pid,
+                "a connection on QEMU's socket closed before the handshake (a probe)"
+            );
+            return;
+        }
         Err((pid, why)) => {
             tracing::warn!(pid, "rejected connection on QEMU's socket: {why}");
             slot.state().last_rejection = Some(why);
@@ -251,6 +258,10 @@ async fn handshake(
     let pid = u32::try_from(pid).ok().filter(|&pid| pid != 0);
     if !inner.config.allow_uids.contains(&uid) {
         return Err((pid, format!("peer uid {uid} is not allowed")));
+    }
+    if super::accept::probe(&stream, inner.config.handshake_timeout).await {
+        // Not a rejection: nothing to record (see `admit`).
+        return Err((pid, String::new()));
     }
     let build = Builder::unix_stream(stream)
         .server(Guid::generate())
