@@ -1,0 +1,203 @@
+//! Unmodified QEMU behind `dbus-vmstate serve --qemu-socket`: QEMU takes
+//! that socket for its bus, the helpers connect peer to peer (or as to a
+//! bus) to their own sockets, and no `dbus-daemon` runs anywhere.
+
+use crate::interop::pattern;
+use crate::support::*;
+use crate::util::qemu::{Config, Outcome, Qemu};
+use crate::util::{require, tmpdir, Fake, Requirement};
+
+/// Seed of the source helpers' state.
+const SEED: u8 = 0x5c;
+
+/// The two helpers every kind migrates: just over a page (QEMU once could
+/// not load more than 4 KiB) and QEMU's cap of 1 MiB.
+const SIZES: [(&str, usize); 2] = [("a", 4097), ("b", 1 << 20)];
+
+/// Shows a failed outcome with what QEMU and `serve` said.
+fn explain(outcome: &Outcome, qemu: &Qemu, side: &FrontDoor) -> String {
+    format!(
+        "{outcome:?}\nQEMU stderr:\n{}\nserve log:\n{}",
+        qemu.stderr(),
+        side.serve.log()
+    )
+}
+
+/// A source QEMU saves `ids` (helpers already connected to `side`) into
+/// `file`.
+fn save(root: &std::path::Path, side: &FrontDoor, ids: &[&str]) -> (Qemu, Outcome) {
+    let mut qemu = start_qemu(root, "src", &Config::new(&side.address(), ids));
+    let file = root.join("migration");
+    let outcome = qemu.migrate_to(&file);
+    (qemu, outcome)
+}
+
+/// A destination QEMU loads `root/migration` into `ids` behind `side`.
+fn load(root: &std::path::Path, side: &FrontDoor, ids: &[&str]) -> (Qemu, Outcome) {
+    let config = Config::new(&side.address(), ids).incoming();
+    let mut qemu = start_qemu(root, "dst", &config);
+    let outcome = qemu.migrate_incoming(&root.join("migration"));
+    (qemu, outcome)
+}
+
+/// Two helpers of `kind` migrate from one QEMU to another, a `serve
+/// --qemu-socket` on each side: QEMU's file holds exactly their bytes, and
+/// fresh, empty helpers on the destination hold exactly those bytes once
+/// the incoming QEMU has loaded it.
+fn migrate(kind: Kind) {
+    if !require(Requirement::Qemu) || !kind.available() {
+        return;
+    }
+    let ids = ["a", "b"];
+    let tmp = tmpdir();
+    let root = tmp.path();
+
+    let src = FrontDoor::start(root, "src", &ids, &[]);
+    let _helpers = Helpers::start(kind, &src.dir, &SIZES, SEED);
+    src.wait_connected(&ids);
+    let (qemu, outcome) = save(root, &src, &ids);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &src));
+    assert_records(
+        &saved_by_qemu(&root.join("migration")),
+        &expected(&SIZES, SEED),
+        "QEMU's migration file",
+    );
+
+    let dst = FrontDoor::start(root, "dst", &ids, &[]);
+    let helpers = Helpers::start(kind, &dst.dir, &[("a", 0), ("b", 0)], 0);
+    dst.wait_connected(&ids);
+    let (qemu, outcome) = load(root, &dst, &ids);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &dst));
+    for fake in &helpers.fakes {
+        assert_eq!(fake.loads(), 1, "Load calls on {fake:?}");
+    }
+    assert_records(
+        &dst.held(),
+        &expected(&SIZES, SEED),
+        "the destination helpers",
+    );
+}
+
+#[test]
+fn library_helpers_migrate_between_two_qemus() {
+    migrate(Kind::Library);
+}
+
+#[test]
+fn gdbus_p2p_helpers_migrate_between_two_qemus() {
+    migrate(Kind::GdbusP2p);
+}
+
+#[test]
+fn gdbus_bus_style_helpers_migrate_between_two_qemus() {
+    migrate(Kind::GdbusBus);
+}
+
+/// `serve` has helpers a, b and c; QEMU's `id-list` names a and b. QEMU
+/// saves a and b, and c never sees a `Save`.
+#[test]
+fn helper_outside_qemus_id_list_never_sees_save() {
+    if !require(Requirement::Qemu) {
+        return;
+    }
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let side = FrontDoor::start(root, "src", &["a", "b", "c"], &[]);
+    let fakes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Fake::new(id, pattern(100, SEED)))
+        .collect();
+    let _helpers = Helpers::library(&side.dir, &fakes.iter().collect::<Vec<_>>());
+    side.wait_connected(&["a", "b", "c"]);
+    let (qemu, outcome) = save(root, &side, &["a", "b"]);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &side));
+    assert_records(
+        &saved_by_qemu(&root.join("migration")),
+        &expected(&[("a", 100), ("b", 100)], SEED),
+        "QEMU's migration file",
+    );
+    let saves: Vec<usize> = fakes.iter().map(|f| f.saves()).collect();
+    assert_eq!(saves, [1, 1, 0], "Save calls on a, b, c");
+}
+
+/// The destination's `serve` lists a and b, but only a connects: the
+/// incoming QEMU's load fails, saying b is missing, and a sees no `Load`.
+#[test]
+fn required_helper_missing_on_destination_fails_the_load_before_any_load() {
+    if !require(Requirement::Qemu) {
+        return;
+    }
+    let ids = ["a", "b"];
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let src = FrontDoor::start(root, "src", &ids, &[]);
+    let _helpers = Helpers::start(Kind::Library, &src.dir, &SIZES, SEED);
+    src.wait_connected(&ids);
+    let (qemu, outcome) = save(root, &src, &ids);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &src));
+
+    // A short connect timeout: b is not coming.
+    let dst = FrontDoor::start(root, "dst", &ids, &["--connect-timeout", "1"]);
+    let a = Fake::new("a", Vec::new());
+    let _helpers = Helpers::library(&dst.dir, &[&a]);
+    dst.wait_connected(&["a"]);
+    let (qemu, outcome) = load(root, &dst, &ids);
+    assert!(!outcome.completed(), "{}", explain(&outcome, &qemu, &dst));
+    assert_eq!(a.loads(), 0, "a saw a Load");
+    assert!(a.data().is_empty(), "a holds state");
+    let said = qemu.stderr();
+    assert!(
+        said.contains(r#"helper "b""#) || said.contains("missing: b"),
+        "QEMU's stderr does not name b:\n{}",
+        explain(&outcome, &qemu, &dst)
+    );
+}
+
+/// b's `Save` fails. QEMU's stderr names b and carries its message, and
+/// the migration does not succeed: either the source fails it, or (QEMU
+/// 7.2, whose dbus-vmstate logs a failed `Save` and completes anyway,
+/// leaving the entry out but counting it) the incoming QEMU refuses the
+/// file, and b on the destination sees no `Load`.
+#[test]
+fn helper_whose_save_fails_fails_the_migration_and_is_named() {
+    if !require(Requirement::Qemu) {
+        return;
+    }
+    let ids = ["a", "b"];
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let src = FrontDoor::start(root, "src", &ids, &[]);
+    let a = Fake::new("a", pattern(100, SEED));
+    let b = Fake::new("b", pattern(100, SEED)).fail_save("disk on fire");
+    let _helpers = Helpers::library(&src.dir, &[&a, &b]);
+    src.wait_connected(&ids);
+    let (qemu, outcome) = save(root, &src, &ids);
+    let said = qemu.stderr();
+    assert!(
+        said.contains(r#"helper "b""#) && said.contains("disk on fire"),
+        "QEMU's stderr does not name b and its error:\n{}",
+        explain(&outcome, &qemu, &src)
+    );
+    if !outcome.completed() {
+        assert_eq!(
+            outcome.status,
+            "failed",
+            "{}",
+            explain(&outcome, &qemu, &src)
+        );
+        return;
+    }
+
+    let dst = FrontDoor::start(root, "dst", &ids, &[]);
+    let a2 = Fake::new("a", Vec::new());
+    let b2 = Fake::new("b", Vec::new());
+    let _helpers = Helpers::library(&dst.dir, &[&a2, &b2]);
+    dst.wait_connected(&ids);
+    let (qemu, outcome) = load(root, &dst, &ids);
+    assert!(
+        !outcome.completed(),
+        "the destination loaded a migration whose Save of b failed: {}",
+        explain(&outcome, &qemu, &dst)
+    );
+    assert_eq!(b2.loads(), 0, "b saw a Load");
+}
