@@ -368,7 +368,7 @@ impl Qemu {
     /// that it can migrate once more.
     pub fn resume(&mut self) {
         if let Err(e) = self.execute("cont", None) {
-            panic!("QEMU {}: cont: {e}", self.name);
+            panic!("QEMU {}: cont: {e}; stderr:\n{}", self.name, self.stderr());
         }
     }
 
