@@ -5,7 +5,7 @@
 use crate::interop::pattern;
 use crate::support::*;
 use crate::util::qemu::{Config, Outcome, Qemu};
-use crate::util::{require, tmpdir, Fake, Requirement};
+use crate::util::{require, rt, tmpdir, until, Fake, Requirement, Step};
 
 /// Seed of the source helpers' state.
 const SEED: u8 = 0x5c;
@@ -200,4 +200,53 @@ fn helper_whose_save_fails_fails_the_migration_and_is_named() {
         explain(&outcome, &qemu, &dst)
     );
     assert_eq!(b2.loads(), 0, "b saw a Load");
+}
+
+/// QEMU calls `Save` on one helper after another and waits for each; the
+/// front door saves them all at QEMU's first `Save`. Here a and b each
+/// hold their `Save` until both have been called, which only a
+/// coordinator that saves them at once can bring about (one that saves a
+/// first waits for it forever and the test times out).
+#[test]
+fn helpers_are_saved_at_once_at_qemus_first_save() {
+    if !require(Requirement::Qemu) {
+        return;
+    }
+    let ids = ["a", "b"];
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let side = FrontDoor::start(root, "src", &ids, &[]);
+    let a = Fake::new("a", pattern(100, SEED)).save_does(Step::Held);
+    let b = Fake::new("b", pattern(100, SEED)).save_does(Step::Held);
+    let _helpers = Helpers::library(&side.dir, &[&a, &b]);
+    side.wait_connected(&ids);
+    let mut qemu = start_qemu(root, "src", &Config::new(&side.address(), &ids));
+    qemu.start_migration(&format!("exec:cat > {}", root.join("migration").display()));
+    // Well before the 25 s after which QEMU's GDBus gives up on a's Save
+    // and would call b.
+    rt::block_on(until("Save calls on both a and b", || {
+        a.saves() == 1 && b.saves() == 1
+    }));
+    a.release();
+    b.release();
+    let outcome = qemu.wait_migration();
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &side));
+    assert_records(
+        &saved_by_qemu(&root.join("migration")),
+        &expected(&[("a", 100), ("b", 100)], SEED),
+        "QEMU's migration file",
+    );
+}
+
+/// QEMU's socket, like every other, is open to its owner only.
+#[test]
+fn qemu_socket_is_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tmpdir();
+    let side = FrontDoor::start(tmp.path(), "s", &["a"], &[]);
+    let mode = std::fs::metadata(&side.qemu_socket)
+        .expect("the QEMU socket exists once serve is ready")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
 }

@@ -267,6 +267,17 @@ impl Qemu {
     /// If QEMU refuses the command or the migration does not end within
     /// [`DEADLINE`].
     pub fn migrate(&mut self, uri: &str) -> Outcome {
+        self.start_migration(uri);
+        self.wait_migration()
+    }
+
+    /// Starts migrating to `uri`, without waiting for the end (see
+    /// [`Qemu::wait_migration`]).
+    ///
+    /// # Panics
+    ///
+    /// If QEMU refuses the command.
+    pub fn start_migration(&mut self, uri: &str) {
         if let Err(e) = self.execute("migrate", Some(json!({ "uri": uri }))) {
             panic!(
                 "QEMU {}: migrate {uri:?}: {e}\n{}",
@@ -274,7 +285,6 @@ impl Qemu {
                 self.stderr()
             );
         }
-        self.wait_migration()
     }
 
     /// Migrates into `file` (`exec:cat > FILE`).
@@ -299,7 +309,11 @@ impl Qemu {
 
     /// Polls `query-migrate` until it reports `completed` or `failed`, or
     /// QEMU exits.
-    fn wait_migration(&mut self) -> Outcome {
+    ///
+    /// # Panics
+    ///
+    /// If the migration does not end within [`DEADLINE`].
+    pub fn wait_migration(&mut self) -> Outcome {
         let started = Instant::now();
         loop {
             let info = match self.execute("query-migrate", None) {
