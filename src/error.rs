@@ -78,6 +78,16 @@ pub enum Error {
         last_rejection: Option<String>,
     },
 
+    /// Another save or load ran on the coordinator for longer than this
+    /// one could wait: the coordinator runs one at a time.
+    #[error("another operation is running ({running}); waited {waited:?}")]
+    Busy {
+        /// What runs: "a save for QEMU", "a load from the control socket"...
+        running: String,
+        /// How long this one waited.
+        waited: Duration,
+    },
+
     /// A D-Bus call on a helper failed (an error reply, a lost connection,
     /// a malformed reply).
     #[error("helper {id:?}: {call} call failed")]
@@ -262,7 +272,7 @@ impl Error {
             | Error::Rejected { id, .. } => Some(id),
             Error::Stream(e) => e.helper_id(),
             Error::Several { errors } => errors.first().and_then(Error::helper_id),
-            Error::Config { .. } | Error::Io { .. } => None,
+            Error::Config { .. } | Error::Io { .. } | Error::Busy { .. } => None,
         }
     }
 
@@ -277,6 +287,7 @@ impl Error {
             | Error::SocketInUse { .. }
             | Error::Connect { .. }
             | Error::Rejected { .. }
+            | Error::Busy { .. }
             | Error::Io { .. } => false,
             Error::NotConnected { .. }
             | Error::Call { .. }

@@ -213,6 +213,7 @@ impl Reply {
             ErrorKind::NotConnected => ERROR_NOT_CONNECTED,
             ErrorKind::StreamRejected => ERROR_STREAM_REJECTED,
             ErrorKind::Io => ERROR_IO,
+            ErrorKind::Busy => ERROR_BUSY,
             _ => ERROR_HELPER_FAILED,
         };
         Reply::new(name, crate::error::chain(e))
@@ -254,6 +255,7 @@ fn classify(e: &CoordinatorError) -> ErrorKind {
     match e {
         CoordinatorError::NotConnected { .. } => ErrorKind::NotConnected,
         CoordinatorError::Io { .. } => ErrorKind::Io,
+        CoordinatorError::Busy { .. } => ErrorKind::Busy,
         e if e.is_stream() => ErrorKind::StreamRejected,
         CoordinatorError::Several { errors } => {
             let kinds: Vec<ErrorKind> = errors.iter().map(classify).collect();

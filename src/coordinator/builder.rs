@@ -30,6 +30,8 @@ pub(crate) struct Config {
     pub handshake_timeout: Duration,
     pub max_blob_bytes: u64,
     pub socket_owner: Option<(u32, Option<u32>)>,
+    /// QEMU's front door socket.
+    pub qemu_socket: Option<PathBuf>,
 }
 
 /// Configures and binds a [`Coordinator`].
@@ -43,6 +45,7 @@ pub struct Builder {
     handshake_timeout: Duration,
     max_blob_bytes: u64,
     socket_owner: Option<(u32, Option<u32>)>,
+    qemu_socket: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -63,7 +66,19 @@ impl Builder {
             handshake_timeout: iface::DEFAULT_HANDSHAKE_TIMEOUT,
             max_blob_bytes: iface::DEFAULT_MAX_STATE_BYTES,
             socket_owner: None,
+            qemu_socket: None,
         }
+    }
+
+    /// Also listens on `path` for QEMU: an unmodified QEMU started with
+    /// `-object dbus-vmstate,id=dv0,addr=unix:path=PATH,id-list=...`
+    /// takes this socket for its D-Bus bus, and the coordinator answers
+    /// it as one, saving and loading the helpers connected on their own
+    /// sockets whenever QEMU migrates. See [the front door's
+    /// docs](crate::coordinator#qemu).
+    pub fn qemu_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.qemu_socket = Some(path.into());
+        self
     }
 
     /// Expects helper `id` on the socket at `socket` (required).
@@ -151,7 +166,7 @@ impl Builder {
     /// socket cannot be bound (sockets bound before it are removed again).
     pub fn bind(self) -> Result<Coordinator, Error> {
         let config = self.into_config()?;
-        Coordinator::bind(config)
+        Coordinator::bind_with(config, Vec::new(), None)
     }
 
     /// Like [`Builder::bind`], but some helpers' listening sockets come
@@ -169,7 +184,34 @@ impl Builder {
         I: IntoIterator<Item = (String, std::os::unix::net::UnixListener)>,
     {
         let config = self.into_config()?;
-        Coordinator::bind_with(config, listeners.into_iter().collect())
+        Coordinator::bind_with(config, listeners.into_iter().collect(), None)
+    }
+
+    /// Like [`Builder::bind_with`], and QEMU's front door listens on
+    /// `qemu` (a passed socket) instead of binding a path; its path becomes
+    /// the front door's socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::bind_with`].
+    pub fn bind_with_qemu<I>(
+        mut self,
+        listeners: I,
+        qemu: std::os::unix::net::UnixListener,
+    ) -> Result<Coordinator, Error>
+    where
+        I: IntoIterator<Item = (String, std::os::unix::net::UnixListener)>,
+    {
+        if let Some(path) = qemu
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+        {
+            self.qemu_socket = Some(path);
+        }
+        let mut config = self.into_config()?;
+        config.qemu_socket.get_or_insert_with(PathBuf::new);
+        Coordinator::bind_with(config, listeners.into_iter().collect(), Some(qemu))
     }
 
     fn into_config(self) -> Result<Config, Error> {
@@ -182,6 +224,7 @@ impl Builder {
             handshake_timeout,
             max_blob_bytes,
             socket_owner,
+            qemu_socket,
         } = self;
         policy::check_helpers(&helpers)?;
         for id in &optional {
@@ -209,6 +252,7 @@ impl Builder {
             handshake_timeout,
             max_blob_bytes,
             socket_owner,
+            qemu_socket,
         })
     }
 }

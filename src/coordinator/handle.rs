@@ -10,8 +10,8 @@ use futures::future::AbortHandle;
 
 use super::peer::PeerConn;
 use super::shared::Inner;
-use super::{accept, load, save, socket};
-use super::{Config, HelperSpec, HelperStatus, LoadReport, SaveReport};
+use super::{accept, load, qemu, save, socket};
+use super::{Config, HelperSpec, HelperStatus, LoadReport, QemuStatus, SaveReport};
 use crate::error::Error;
 use crate::stream;
 
@@ -36,13 +36,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Coordinator {
-    pub(super) fn bind(config: Config) -> Result<Self, Error> {
-        Self::bind_with(config, Vec::new())
-    }
-
     pub(super) fn bind_with(
         mut config: Config,
         mut preset: Vec<(String, std::os::unix::net::UnixListener)>,
+        qemu: Option<std::os::unix::net::UnixListener>,
     ) -> Result<Self, Error> {
         for (i, (id, _)) in preset.iter().enumerate() {
             if !config.helpers.iter().any(|h| &h.id == id) {
@@ -83,12 +80,22 @@ impl Coordinator {
                 }
             }
         }
-        Self::from_listeners(config, listeners, bound)
+        let qemu = match (qemu, &config.qemu_socket) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(path)) => {
+                let (listener, guard) = socket::bind(qemu::NAME, path, config.socket_owner)?;
+                bound.push(guard);
+                Some(listener)
+            }
+            (None, None) => None,
+        };
+        Self::from_listeners(config, listeners, qemu, bound)
     }
 
     fn from_listeners(
         config: Config,
         listeners: Vec<std::os::unix::net::UnixListener>,
+        qemu: Option<std::os::unix::net::UnixListener>,
         bound: Vec<socket::BoundPath>,
     ) -> Result<Self, Error> {
         let inner = Arc::new(Inner::new(config));
@@ -102,6 +109,15 @@ impl Coordinator {
                 source: e,
             })?;
             accept_tasks.push(accept::start(inner.clone(), index, listener));
+        }
+        if let (Some(listener), Some(slot)) = (qemu, &inner.qemu) {
+            let listener = crate::rt::Listener::new(listener).map_err(|e| Error::Bind {
+                id: qemu::NAME.to_string(),
+                path: slot.socket.clone(),
+                reason: "cannot register socket",
+                source: e,
+            })?;
+            accept_tasks.push(qemu::start(inner.clone(), listener));
         }
         Ok(Coordinator {
             inner,
@@ -135,6 +151,13 @@ impl Coordinator {
                 }
             })
             .collect()
+    }
+
+    /// QEMU's front door: its socket, QEMU's connection and the last save
+    /// and load QEMU made through it; `None` without
+    /// [`Builder::qemu_socket`](super::Builder::qemu_socket).
+    pub fn qemu_status(&self) -> Option<QemuStatus> {
+        self.inner.qemu.as_ref().map(qemu::QemuSlot::status)
     }
 
     /// Waits until every required helper is connected.
@@ -174,6 +197,7 @@ impl Coordinator {
     where
         W: std::io::Write + Send + 'static,
     {
+        let _running = self.exclusive("a save").await?;
         save::save(&self.inner, out).await
     }
 
@@ -186,6 +210,7 @@ impl Coordinator {
     ///
     /// As [`Coordinator::save`], plus [`Error::Io`] for the file.
     pub async fn save_to_path(&self, path: impl AsRef<Path>) -> Result<SaveReport, Error> {
+        let _running = self.exclusive("a save").await?;
         save::save_to_path(&self.inner, path.as_ref()).await
     }
 
@@ -218,6 +243,7 @@ impl Coordinator {
     where
         R: std::io::Read + Send + 'static,
     {
+        let _running = self.exclusive("a load").await?;
         load::load(&self.inner, input, format).await
     }
 
@@ -239,6 +265,7 @@ impl Coordinator {
     where
         R: std::io::Read + std::io::Seek + Send + 'static,
     {
+        let _running = self.exclusive("a load").await?;
         load::load_seekable(&self.inner, input, format).await
     }
 
@@ -265,6 +292,13 @@ impl Coordinator {
         // the stream reader's buffer rather than copied through this one.
         self.load_seekable(std::io::BufReader::with_capacity(64 << 10, file), format)
             .await
+    }
+
+    /// Waits for the right to run a save or load: one runs at a time,
+    /// whether from this handle, the control socket or QEMU.
+    async fn exclusive(&self, what: &'static str) -> Result<super::shared::Operation, Error> {
+        let wait = self.inner.config.connect_timeout;
+        Ok(self.inner.exclusive(what, wait).await?)
     }
 
     /// Stops accepting, closes every helper connection and removes the
@@ -296,6 +330,7 @@ impl Coordinator {
             .iter()
             .filter_map(|slot| slot.state().peer.take())
             .map(|p| p.conn)
+            .chain(self.inner.qemu.as_ref().and_then(qemu::QemuSlot::take))
             .collect();
         self.inner.notify();
         peers

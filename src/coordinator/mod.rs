@@ -183,6 +183,7 @@ mod handle;
 mod load;
 mod peer;
 pub(crate) mod policy;
+mod qemu;
 mod report;
 mod round;
 mod save;
@@ -192,7 +193,9 @@ mod transfer;
 
 pub use builder::{Builder, HelperSpec};
 pub use handle::Coordinator;
-pub use report::{HelperReport, HelperStatus, LoadReport, SaveReport, Skipped, Transfer};
+pub use report::{
+    HelperReport, HelperStatus, LoadReport, QemuRound, QemuStatus, SaveReport, Skipped, Transfer,
+};
 pub use transfer::Mode;
 
 pub(crate) use builder::Config;

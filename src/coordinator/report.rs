@@ -89,3 +89,38 @@ pub struct LoadReport {
     /// `Load`.
     pub verification: Duration,
 }
+
+/// What [`Coordinator::qemu_status`](super::Coordinator::qemu_status)
+/// reports about QEMU's front door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuStatus {
+    /// The front door's socket.
+    pub socket: PathBuf,
+    /// Whether a QEMU is connected now.
+    pub connected: bool,
+    /// The connected QEMU's process Id (`SO_PEERCRED`).
+    pub pid: Option<u32>,
+    /// The connected QEMU's user Id (`SO_PEERCRED`).
+    pub uid: Option<u32>,
+    /// The last save QEMU ran through the front door.
+    pub last_save: Option<QemuRound>,
+    /// The last load QEMU ran through the front door.
+    pub last_load: Option<QemuRound>,
+    /// Why the last connection on the socket was turned away, if one was.
+    pub last_rejection: Option<String>,
+}
+
+/// One save or load QEMU ran through the front door: the `Save` (or
+/// `Load`) calls between two of QEMU's `ListQueuedOwners`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuRound {
+    /// The helpers QEMU saved (or loaded) successfully, in the order of its
+    /// calls.
+    pub helpers: Vec<String>,
+    /// State bytes moved for those.
+    pub bytes: u64,
+    /// From QEMU's first call to the last reply.
+    pub duration: Duration,
+    /// Every call that failed, as the error QEMU got (naming the helper).
+    pub failures: Vec<String>,
+}

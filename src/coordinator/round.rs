@@ -171,6 +171,7 @@ mod tests {
             handshake_timeout: Duration::ZERO,
             max_blob_bytes: 0,
             socket_owner: None,
+            qemu_socket: None,
         })
     }
 

@@ -3,9 +3,10 @@
 //! transfers.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::qemu::QemuSlot;
 use super::{Config, HelperSpec, Peer, Transfer};
 use crate::error::Error;
 
@@ -45,10 +46,39 @@ impl Slot {
 pub(crate) struct Inner {
     pub config: Config,
     pub slots: Vec<Slot>,
+    /// The QEMU front door, when configured.
+    pub qemu: Option<QemuSlot>,
     /// Notified whenever a helper connects or disconnects.
     pub changed: event_listener::Event,
     pub stopping: AtomicBool,
+    /// Held by the one save or load running, whoever started it.
+    operation: Arc<async_lock::Mutex<()>>,
+    /// What holds [`Inner::operation`], for the `Busy` error.
+    running: Mutex<Option<&'static str>>,
 }
+
+/// Another save or load kept running while one waited for its turn.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Busy {
+    /// What runs.
+    pub running: &'static str,
+    /// How long the other waited.
+    pub waited: Duration,
+}
+
+impl From<Busy> for Error {
+    fn from(busy: Busy) -> Error {
+        Error::Busy {
+            running: busy.running.to_string(),
+            waited: busy.waited,
+        }
+    }
+}
+
+/// The right to run the one save or load; shared by everything that works
+/// for it and released when the last holder drops it.
+#[derive(Debug, Clone)]
+pub(crate) struct Operation(#[allow(dead_code)] Arc<async_lock::MutexGuardArc<()>>);
 
 impl Inner {
     /// A slot for each configured helper, none connected yet.
@@ -61,12 +91,47 @@ impl Inner {
                 state: Mutex::new(SlotState::default()),
             })
             .collect();
+        let qemu = config.qemu_socket.clone().map(QemuSlot::new);
         Inner {
             config,
             slots,
+            qemu,
             changed: event_listener::Event::new(),
             stopping: AtomicBool::new(false),
+            operation: Arc::new(async_lock::Mutex::new(())),
+            running: Mutex::new(None),
         }
+    }
+
+    /// Waits up to `wait` for the right to run a save or load (`what`
+    /// says which, for whoever waits next).
+    ///
+    /// # Errors
+    ///
+    /// [`Busy`] naming the operation still running after `wait`.
+    pub async fn exclusive(&self, what: &'static str, wait: Duration) -> Result<Operation, Busy> {
+        let guard = match self.operation.try_lock_arc() {
+            Some(guard) => guard,
+            None => {
+                let waiting = self.operation.lock_arc();
+                match crate::rt::timeout(wait, waiting).await {
+                    Ok(guard) => guard,
+                    Err(crate::rt::Elapsed) => {
+                        let running = self
+                            .running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .unwrap_or("a save or load");
+                        return Err(Busy {
+                            running,
+                            waited: wait,
+                        });
+                    }
+                }
+            }
+        };
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(what);
+        Ok(Operation(Arc::new(guard)))
     }
 
     /// Wakes everyone waiting for a helper to connect or disconnect.

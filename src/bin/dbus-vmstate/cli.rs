@@ -83,7 +83,14 @@ closes the connections and removes its socket files.
 
 Socket activation: sockets passed by systemd (LISTEN_FDS, LISTEN_PID,
 LISTEN_FDNAMES) are used instead of binding; name each one after its helper
-Id, or \"control\" for the control socket (FileDescriptorName=).
+Id, \"control\" for the control socket, or \"qemu\" for QEMU's socket
+(FileDescriptorName=).
+
+With --qemu-socket PATH, an unmodified QEMU started with
+  -object dbus-vmstate,id=dv0,addr=unix:path=PATH,id-list=slirp,,swtpm
+takes this coordinator for its D-Bus bus: QEMU's migration saves (all
+helpers at once) and loads the helpers connected on their sockets, with no
+dbus-daemon. Start serve first: QEMU refuses to start if nothing listens.
 
 Example:
   dbus-vmstate serve --socket-dir /run/vm0/vmstate --id-list slirp,swtpm --optional swtpm";
@@ -167,6 +174,11 @@ pub struct ServeArgs {
     /// The control socket [default: DIR/control.sock].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+    /// Also listen for QEMU here: QEMU's `-object
+    /// dbus-vmstate,addr=unix:path=PATH,...` then uses this coordinator as
+    /// its D-Bus bus, with no dbus-daemon.
+    #[arg(long, value_name = "PATH")]
+    pub qemu_socket: Option<PathBuf>,
     /// Also accept helpers running as this uid (repeatable); by default
     /// only this process's own uid.
     #[arg(long, value_name = "UID")]

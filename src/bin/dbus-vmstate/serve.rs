@@ -30,14 +30,25 @@ const DIR_MODE: u32 = 0o700;
 #[derive(Default)]
 struct Passed {
     control: Option<UnixListener>,
+    qemu: Option<UnixListener>,
     helpers: Vec<(String, UnixListener)>,
 }
 
-/// Sorts the activated sockets: `control`, or a helper Id from the list.
+/// The fd name of a socket-activated QEMU socket
+/// (`FileDescriptorName=qemu`).
+const QEMU_ACTIVATION_NAME: &str = "qemu";
+
+/// Sorts the activated sockets: `control`, `qemu`, or a helper Id from the
+/// list (a helper Id wins over `qemu`).
 fn sort_passed(sockets: Vec<activation::Socket>, ids: &[String]) -> anyhow::Result<Passed> {
     let mut passed = Passed::default();
     for socket in sockets {
-        if socket.name == control::ACTIVATION_NAME {
+        if socket.name == QEMU_ACTIVATION_NAME && !ids.contains(&socket.name) {
+            if passed.qemu.is_some() {
+                return Err(Usage("two QEMU sockets were passed (LISTEN_FDNAMES)".into()).into());
+            }
+            passed.qemu = Some(socket.listener);
+        } else if socket.name == control::ACTIVATION_NAME {
             if passed.control.is_some() {
                 return Err(
                     Usage("two control sockets were passed (LISTEN_FDNAMES)".into()).into(),
@@ -48,7 +59,7 @@ fn sort_passed(sockets: Vec<activation::Socket>, ids: &[String]) -> anyhow::Resu
             passed.helpers.push((socket.name, socket.listener));
         } else {
             return Err(Usage(format!(
-                "passed socket {} is named {:?}, which is neither \"control\" nor a helper Id of --id-list \
+                "passed socket {} is named {:?}, which is neither \"control\", \"qemu\" nor a helper Id of --id-list \
                  (set FileDescriptorName= in the socket unit)",
                 socket.fd, socket.name
             ))
@@ -129,6 +140,9 @@ fn builder(args: &ServeArgs) -> coordinator::Builder {
     for uid in &args.allow_uid {
         builder = builder.allow_uid(*uid);
     }
+    if let Some(path) = &args.qemu_socket {
+        builder = builder.qemu_socket(path);
+    }
     builder
 }
 
@@ -142,11 +156,18 @@ async fn serve(
     // can never leave socket files behind.
     let mut signals =
         interrupt::catch(&[Signal::Term, Signal::Int]).context("cannot install signal handlers")?;
-    let coordinator = builder.bind_with(passed.helpers)?;
+    let coordinator = match passed.qemu {
+        Some(qemu) => builder.bind_with_qemu(passed.helpers, qemu)?,
+        None => builder.bind_with(passed.helpers)?,
+    };
     let sockets: Vec<String> = coordinator
         .helpers()
         .map(|h| format!("{}={}", h.id, h.socket.display()))
         .collect();
+    let qemu = coordinator
+        .qemu_status()
+        .map(|q| format!(" qemu {}", q.socket.display()))
+        .unwrap_or_default();
     let server = match passed.control {
         Some(listener) => Server::from_listener(coordinator, listener)?,
         None => Server::bind(coordinator, control_path)?,
@@ -157,7 +178,11 @@ async fn serve(
         .unwrap_or_else(|| "(passed, unnamed)".to_string());
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "ready: control {shown} helpers {}", sockets.join(" "));
+        let _ = writeln!(
+            out,
+            "ready: control {shown} helpers {}{qemu}",
+            sockets.join(" ")
+        );
         let _ = out.flush();
     }
     tracing::info!(control = %shown, "serving {}", output::count(sockets.len() as u64, "helper", "helpers"));
