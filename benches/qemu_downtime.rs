@@ -12,8 +12,9 @@
 //! The helpers are the same code on both sides (this crate's library,
 //! each in its own process, `helper::serve_bus` or `helper::serve`), with
 //! the same state and the same `Save` delay. Cases: 1 and 16 helpers of
-//! 4 KiB, and 4 helpers whose `Save` takes 100 ms. Both sides run in the
-//! same process, one after the other, and the table gives the ratio.
+//! 4 KiB, and 4 helpers whose `Save` takes 100 ms. Both sides are set up
+//! at once and migrate in turn, one run each per round, and the table
+//! gives the ratio of their medians.
 //!
 //! Run with `cargo bench --bench qemu_downtime` (`-- --runs 15` for more
 //! runs, `-- --case 16` for the cases whose name holds "16"); skips (with a message) without `qemu-system-x86_64` or
@@ -263,57 +264,103 @@ impl FrontDoor {
     }
 }
 
-/// The median `downtime` of `runs` migrations of `qemu` to /dev/null,
-/// after one warm-up migration.
-fn downtimes(qemu: &mut Qemu, runs: usize) -> Result<f64, String> {
-    let mut times = Vec::with_capacity(runs);
-    for run in 0..=runs {
-        let outcome = qemu.migrate("exec:cat > /dev/null");
+/// One side of a case, set up: QEMU, its helpers and what is between
+/// them (dropped in this order).
+struct Side {
+    qemu: Qemu,
+    _helpers: Children,
+    _door: Option<FrontDoor>,
+    _bus: Option<Bus>,
+    _dir: tempfile::TempDir,
+}
+
+impl Side {
+    /// The case's helpers on a private `dbus-daemon`, and QEMU on it.
+    fn bus(case: &Case) -> Result<Side, String> {
+        let dir = tmpdir();
+        let bus = Bus::start(&dir.path().join("bus.sock"))?;
+        let helpers = helpers(case, "bus", |_| bus.address.clone());
+        wait_queued(&bus.address, case.helpers)?;
+        let ids = ids(case);
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let qemu = Qemu::start(dir.path(), "bus", &Config::new(&bus.address, &ids))?;
+        Ok(Side {
+            qemu,
+            _helpers: helpers,
+            _door: None,
+            _bus: Some(bus),
+            _dir: dir,
+        })
+    }
+
+    /// The case's helpers behind `serve --qemu-socket`, and QEMU on its
+    /// QEMU socket.
+    fn front_door(case: &Case) -> Result<Side, String> {
+        let tmp = tmpdir();
+        let dir = tmp.path().join("s");
+        let qemu_socket = tmp.path().join("qemu.sock");
+        let ids = ids(case);
+        let door = FrontDoor::start(&dir, &ids, &qemu_socket)?;
+        let helpers = helpers(case, "p2p", |id| {
+            dir.join(format!("{id}.sock")).display().to_string()
+        });
+        door.wait_connected(case.helpers)?;
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let address = qemu::address(&qemu_socket);
+        let qemu = Qemu::start(tmp.path(), "door", &Config::new(&address, &ids))?;
+        Ok(Side {
+            qemu,
+            _helpers: helpers,
+            _door: Some(door),
+            _bus: None,
+            _dir: tmp,
+        })
+    }
+
+    /// One migration to /dev/null: QEMU's `downtime`, in ms. Leaves QEMU
+    /// running, ready for the next.
+    fn downtime(&mut self) -> Result<f64, String> {
+        let outcome = self.qemu.migrate("exec:cat > /dev/null");
         if !outcome.completed() {
-            return Err(format!("migration {outcome:?}: {}", qemu.stderr().trim()));
+            return Err(format!(
+                "migration {outcome:?}: {}",
+                self.qemu.stderr().trim()
+            ));
         }
         let downtime = outcome
             .downtime_ms
             .ok_or_else(|| format!("no downtime reported: {outcome:?}"))?;
-        if run > 0 {
-            times.push(downtime as f64);
-        }
-        // Running again, to migrate once more.
-        if let Err(e) = qemu.execute("cont", None) {
-            return Err(format!("cont: {e}; QEMU stderr: {}", qemu.stderr().trim()));
+        self.qemu
+            .resume()
+            .map_err(|e| format!("cont: {e}; QEMU stderr: {}", self.qemu.stderr().trim()))?;
+        Ok(downtime as f64)
+    }
+}
+
+/// The median downtime of each side over `runs` migrations, taken in
+/// turn (one on each side per round, after a warm-up round), so that both
+/// see the same machine: on a shared one, the load swings within seconds.
+fn measure(case: &Case, runs: usize) -> [Result<f64, String>; 2] {
+    let mut sides = [Side::bus(case), Side::front_door(case)];
+    let mut times: [Vec<f64>; 2] = Default::default();
+    for round in 0..=runs {
+        for (side, times) in sides.iter_mut().zip(times.iter_mut()) {
+            let Ok(s) = side else { continue };
+            match s.downtime() {
+                Ok(t) if round > 0 => times.push(t),
+                Ok(_) => {}
+                Err(e) => *side = Err(e),
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-/// The case's median downtime behind a private `dbus-daemon`.
-fn through_bus(case: &Case, runs: usize) -> Result<f64, String> {
-    let dir = tmpdir();
-    let bus = Bus::start(&dir.path().join("bus.sock"))?;
-    let _helpers = helpers(case, "bus", |_| bus.address.clone());
-    wait_queued(&bus.address, case.helpers)?;
-    let ids = ids(case);
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut qemu = Qemu::start(dir.path(), "bus", &Config::new(&bus.address, &ids))?;
-    downtimes(&mut qemu, runs)
-}
-
-/// The case's median downtime behind `serve --qemu-socket`.
-fn through_front_door(case: &Case, runs: usize) -> Result<f64, String> {
-    let tmp = tmpdir();
-    let dir = tmp.path().join("s");
-    let qemu_socket = tmp.path().join("qemu.sock");
-    let ids = ids(case);
-    let door = FrontDoor::start(&dir, &ids, &qemu_socket)?;
-    let _helpers = helpers(case, "p2p", |id| {
-        dir.join(format!("{id}.sock")).display().to_string()
-    });
-    door.wait_connected(case.helpers)?;
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let address = qemu::address(&qemu_socket);
-    let mut qemu = Qemu::start(tmp.path(), "door", &Config::new(&address, &ids))?;
-    downtimes(&mut qemu, runs)
+    let mut out = sides.map(|s| s.map(|_| 0.0));
+    for (r, mut times) in out.iter_mut().zip(times) {
+        if let Ok(median) = r {
+            times.sort_by(f64::total_cmp);
+            *median = times[times.len() / 2];
+        }
+    }
+    out
 }
 
 /// The value after `name` on the command line (cargo adds `--bench`).
@@ -383,8 +430,7 @@ fn main() {
         .iter()
         .filter(|c| only.as_ref().is_none_or(|o| c.name.contains(o.as_str())))
     {
-        let bus = through_bus(case, runs);
-        let door = through_front_door(case, runs);
+        let [bus, door] = measure(case, runs);
         let ratio = match (&bus, &door) {
             (Ok(b), Ok(d)) if *b > 0.0 => Some(d / b),
             _ => None,

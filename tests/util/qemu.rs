@@ -379,10 +379,20 @@ impl Qemu {
     }
 
     /// Lets a source run again after a completed migration (`cont`), so
-    /// that it can migrate once more.
-    pub fn resume(&mut self) {
-        if let Err(e) = self.execute("cont", None) {
-            panic!("QEMU {}: cont: {e}; stderr:\n{}", self.name, self.stderr());
+    /// that it can migrate once more. QEMU reports `completed` a moment
+    /// before it has cleaned up, and refuses `cont` until then ("Migration
+    /// is not finalized yet"): that is retried, under [`DEADLINE`].
+    pub fn resume(&mut self) -> Result<(), QmpError> {
+        let started = Instant::now();
+        loop {
+            match self.execute("cont", None) {
+                Err(QmpError::Command(desc))
+                    if desc.contains("not finalized") && started.elapsed() < DEADLINE =>
+                {
+                    std::thread::sleep(POLL)
+                }
+                other => return other.map(drop),
+            }
         }
     }
 
