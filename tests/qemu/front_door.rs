@@ -250,3 +250,65 @@ fn qemu_socket_is_0600() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
 }
+
+/// b's `Load` fails on the destination: the incoming QEMU's load fails,
+/// and its stderr names b and carries b's message.
+#[test]
+fn helper_whose_load_fails_fails_the_load_and_is_named() {
+    if !require(Requirement::Qemu) {
+        return;
+    }
+    let ids = ["a", "b"];
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let src = FrontDoor::start(root, "src", &ids, &[]);
+    let _helpers = Helpers::start(Kind::Library, &src.dir, &SIZES, SEED);
+    src.wait_connected(&ids);
+    let (qemu, outcome) = save(root, &src, &ids);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &src));
+
+    let dst = FrontDoor::start(root, "dst", &ids, &[]);
+    let a = Fake::new("a", Vec::new());
+    let b = Fake::new("b", Vec::new()).fail_load("nvram locked");
+    let _helpers = Helpers::library(&dst.dir, &[&a, &b]);
+    dst.wait_connected(&ids);
+    let (qemu, outcome) = load(root, &dst, &ids);
+    assert!(!outcome.completed(), "{}", explain(&outcome, &qemu, &dst));
+    assert_eq!(b.loads(), 1, "Load calls on b");
+    let said = qemu.stderr();
+    assert!(
+        said.contains(r#"helper "b""#) && said.contains("nvram locked"),
+        "QEMU's stderr does not name b and its error:\n{}",
+        explain(&outcome, &qemu, &dst)
+    );
+}
+
+/// QEMU connects once and keeps its connection; a new QEMU process on
+/// the same front door (QEMU restarted) replaces the old one and
+/// migrates the same helpers again.
+#[test]
+fn a_restarted_qemu_is_served_on_the_same_front_door() {
+    if !require(Requirement::Qemu) {
+        return;
+    }
+    let ids = ["a", "b"];
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let side = FrontDoor::start(root, "src", &ids, &[]);
+    let helpers = Helpers::start(Kind::Library, &side.dir, &SIZES, SEED);
+    side.wait_connected(&ids);
+    let (qemu, outcome) = save(root, &side, &ids);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &side));
+    drop(qemu);
+
+    for fake in &helpers.fakes {
+        fake.set_data(pattern(64, 0x33));
+    }
+    let (qemu, outcome) = save(root, &side, &ids);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &side));
+    assert_records(
+        &saved_by_qemu(&root.join("migration")),
+        &expected(&[("a", 64), ("b", 64)], 0x33),
+        "the second QEMU's migration file",
+    );
+}
