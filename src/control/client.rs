@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 use zbus::{Connection, Fd};
 
 use super::error::Error;
-use super::wire::{OptionsDict, ReportDict, StatusDict};
+use super::wire::{OptionsDict, QemuStatusDict, ReportDict, StatusDict};
 use super::{LoadOptions, Report, SaveOptions, INTERFACE, OBJECT_PATH};
-use crate::coordinator::HelperStatus;
+use crate::coordinator::{HelperStatus, QemuStatus};
 
 /// A connection to a coordinator's control socket.
 ///
@@ -88,6 +88,24 @@ impl Client {
     pub async fn status(&self) -> Result<Vec<HelperStatus>, Error> {
         let reply: Vec<StatusDict> = self.call("Status", &()).await?;
         Ok(reply.into_iter().map(HelperStatus::from).collect())
+    }
+
+    /// QEMU's front door, `None` when the coordinator has none (or is of
+    /// a version without one).
+    ///
+    /// # Errors
+    ///
+    /// When the call fails.
+    pub async fn qemu_status(&self) -> Result<Option<QemuStatus>, Error> {
+        match self.call::<_, QemuStatusDict>("QemuStatus", &()).await {
+            Ok(reply) => Ok(reply.into()),
+            Err(Error::Failed { name, .. })
+                if name == "org.freedesktop.DBus.Error.UnknownMethod" =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Closes the connection.

@@ -18,7 +18,7 @@ use zbus::{Connection, Guid};
 use super::error::Reply;
 use super::fdio::{check_access, Direction};
 use super::ops;
-use super::wire::{OptionsDict, ReportDict, StatusDict};
+use super::wire::{OptionsDict, QemuStatusDict, ReportDict, StatusDict};
 use super::{Report, OBJECT_PATH};
 use crate::coordinator::{socket, Coordinator};
 use crate::error::Error;
@@ -366,6 +366,14 @@ impl Control {
     async fn status(&self) -> Result<Vec<StatusDict>, Reply> {
         let coordinator = self.shared()?.coordinator().ok_or_else(stopped)?;
         Ok(coordinator.status().iter().map(StatusDict::from).collect())
+    }
+
+    /// QEMU's front door: its socket, QEMU's connection, and the last save
+    /// and load QEMU ran through it; empty without a front door.
+    #[zbus(name = "QemuStatus", out_args("qemu"))]
+    async fn qemu_status(&self) -> Result<QemuStatusDict, Reply> {
+        let coordinator = self.shared()?.coordinator().ok_or_else(stopped)?;
+        Ok(QemuStatusDict::from(coordinator.qemu_status().as_ref()))
     }
 }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use zbus::{DeserializeDict, SerializeDict, Type};
 
 use super::{LoadOptions, Report, SaveOptions};
-use crate::coordinator::{HelperReport, HelperStatus, Mode, Skipped, Transfer};
+use crate::coordinator::{
+    HelperReport, HelperStatus, Mode, QemuRound, QemuStatus, Skipped, Transfer,
+};
 use crate::stream::Format;
 
 /// `Save` and `Load` options.
@@ -223,9 +225,116 @@ impl From<StatusDict> for HelperStatus {
     }
 }
 
+/// The reply of `QemuStatus`: empty when the coordinator has no front
+/// door for QEMU.
+#[derive(Debug, Default, Clone, PartialEq, Eq, DeserializeDict, SerializeDict, Type)]
+#[zbus(signature = "a{sv}")]
+pub(super) struct QemuStatusDict {
+    pub socket: Option<String>,
+    pub connected: Option<bool>,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub last_save_helpers: Option<Vec<String>>,
+    pub last_save_bytes: Option<u64>,
+    pub last_save_us: Option<u64>,
+    pub last_save_failures: Option<Vec<String>>,
+    pub last_load_helpers: Option<Vec<String>>,
+    pub last_load_bytes: Option<u64>,
+    pub last_load_us: Option<u64>,
+    pub last_load_failures: Option<Vec<String>>,
+    pub last_rejection: Option<String>,
+}
+
+impl From<Option<&QemuStatus>> for QemuStatusDict {
+    fn from(s: Option<&QemuStatus>) -> Self {
+        let Some(s) = s else {
+            return QemuStatusDict::default();
+        };
+        let (save, load) = (s.last_save.as_ref(), s.last_load.as_ref());
+        QemuStatusDict {
+            socket: Some(s.socket.display().to_string()),
+            connected: Some(s.connected),
+            pid: s.pid,
+            uid: s.uid,
+            last_save_helpers: save.map(|r| r.helpers.clone()),
+            last_save_bytes: save.map(|r| r.bytes),
+            last_save_us: save.map(|r| micros(r.duration)),
+            last_save_failures: save.map(|r| r.failures.clone()),
+            last_load_helpers: load.map(|r| r.helpers.clone()),
+            last_load_bytes: load.map(|r| r.bytes),
+            last_load_us: load.map(|r| micros(r.duration)),
+            last_load_failures: load.map(|r| r.failures.clone()),
+            last_rejection: s.last_rejection.clone(),
+        }
+    }
+}
+
+fn round(
+    helpers: Option<Vec<String>>,
+    bytes: Option<u64>,
+    us: Option<u64>,
+    failures: Option<Vec<String>>,
+) -> Option<QemuRound> {
+    if helpers.is_none() && failures.is_none() {
+        return None;
+    }
+    Some(QemuRound {
+        helpers: helpers.unwrap_or_default(),
+        bytes: bytes.unwrap_or(0),
+        duration: Duration::from_micros(us.unwrap_or(0)),
+        failures: failures.unwrap_or_default(),
+    })
+}
+
+impl From<QemuStatusDict> for Option<QemuStatus> {
+    fn from(d: QemuStatusDict) -> Self {
+        Some(QemuStatus {
+            socket: PathBuf::from(d.socket?),
+            connected: d.connected.unwrap_or(false),
+            pid: d.pid,
+            uid: d.uid,
+            last_save: round(
+                d.last_save_helpers,
+                d.last_save_bytes,
+                d.last_save_us,
+                d.last_save_failures,
+            ),
+            last_load: round(
+                d.last_load_helpers,
+                d.last_load_bytes,
+                d.last_load_us,
+                d.last_load_failures,
+            ),
+            last_rejection: d.last_rejection,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qemu_status_round_trips() {
+        let status = QemuStatus {
+            socket: "/run/vm0/qemu.sock".into(),
+            connected: true,
+            pid: Some(41),
+            uid: Some(1000),
+            last_save: Some(QemuRound {
+                helpers: vec!["a".into(), "b".into()],
+                bytes: 20,
+                duration: Duration::from_micros(5678),
+                failures: vec!["helper \"c\": Save call failed".into()],
+            }),
+            last_load: None,
+            last_rejection: Some("peer uid 7 is not allowed".into()),
+        };
+        let back: Option<QemuStatus> = QemuStatusDict::from(Some(&status)).into();
+        assert_eq!(back, Some(status));
+        let none: Option<QemuStatus> = QemuStatusDict::from(None).into();
+        assert_eq!(none, None);
+    }
 
     #[test]
     fn report_round_trips() {

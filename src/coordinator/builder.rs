@@ -227,6 +227,17 @@ impl Builder {
             qemu_socket,
         } = self;
         policy::check_helpers(&helpers)?;
+        if let Some(qemu) = &qemu_socket {
+            if let Some(h) = helpers.iter().find(|h| &h.socket == qemu) {
+                return Err(Error::Config {
+                    reason: format!(
+                        "QEMU's socket {} is also helper {:?}'s",
+                        qemu.display(),
+                        h.id
+                    ),
+                });
+            }
+        }
         for id in &optional {
             let spec = helpers
                 .iter_mut()

@@ -83,7 +83,8 @@ impl Coordinator {
         let qemu = match (qemu, &config.qemu_socket) {
             (Some(listener), _) => Some(listener),
             (None, Some(path)) => {
-                let (listener, guard) = socket::bind(qemu::NAME, path, config.socket_owner)?;
+                let (listener, guard) = socket::bind(qemu::NAME, path, config.socket_owner)
+                    .map_err(qemu::bind_error)?;
                 bound.push(guard);
                 Some(listener)
             }
@@ -111,10 +112,9 @@ impl Coordinator {
             accept_tasks.push(accept::start(inner.clone(), index, listener));
         }
         if let (Some(listener), Some(slot)) = (qemu, &inner.qemu) {
-            let listener = crate::rt::Listener::new(listener).map_err(|e| Error::Bind {
-                id: qemu::NAME.to_string(),
-                path: slot.socket.clone(),
-                reason: "cannot register socket",
+            let listener = crate::rt::Listener::new(listener).map_err(|e| Error::Io {
+                what: "cannot register QEMU's socket",
+                path: Some(slot.socket.clone()),
                 source: e,
             })?;
             accept_tasks.push(qemu::start(inner.clone(), listener));

@@ -59,6 +59,28 @@
 //! closed a byte short, so that it never sees a complete state it should
 //! not load.
 //!
+//! # QEMU
+//!
+//! With [`Builder::qemu_socket`], the coordinator also listens for QEMU:
+//! an unmodified QEMU started with
+//! `-object dbus-vmstate,id=dv0,addr=unix:path=PATH,id-list=...` connects
+//! there once, takes the coordinator for its D-Bus bus, and saves or loads
+//! the helpers connected on their own sockets whenever it migrates, with
+//! no dbus-daemon. The coordinator answers QEMU's bus calls itself and
+//! carries only `org.qemu.VMState1` `Save` and `Load` to a helper, over the
+//! helper's own connection (plain or streaming, as for any save), and the
+//! `Id` it verified when the helper connected. At QEMU's first `Save` it
+//! saves every helper QEMU is about to save at once, so that QEMU's
+//! one-after-another calls cost the slowest helper's time rather than the
+//! sum. `protocol/qemu-front-door.md` is the contract: every call answered,
+//! how the helpers to save are told, the errors QEMU gets (each naming the
+//! helper), and why. [`Coordinator::qemu_status`] shows QEMU's connection
+//! and its last save and load.
+//!
+//! A coordinator runs one save or load at a time, whoever asks: this
+//! handle, the control socket or QEMU. Whoever comes second waits up to the
+//! connect timeout, then fails with [`Error::Busy`](crate::Error::Busy).
+//!
 //! # Concurrency
 //!
 //! The coordinator's futures run on whatever executor awaits them; what
@@ -78,6 +100,15 @@
 //!   for the connection to close, when it empties the slot if that still
 //!   holds this connection. A connection turned away leaves its reason in
 //!   [`HelperStatus::last_rejection`].
+//! - With a front door for QEMU: its *accept task*, aborted at shutdown
+//!   like the others, and a task per QEMU connection that answers its
+//!   calls in order until the connection closes (shutdown closes it). Each
+//!   of QEMU's `Save` and `Load` calls runs as a task of its own, which
+//!   answers QEMU when the helper is done, and QEMU's first `Save` of a
+//!   round starts a *batch* task that saves every helper QEMU is about to
+//!   save at once and hands each result to the call waiting for it through
+//!   a oneshot channel. The batch, and a round of QEMU's loads, hold the
+//!   coordinator's one operation (an async mutex) while they run.
 //! - Short-lived ones: closing a connection that nobody holds any more, and
 //!   noting when a bus-style helper's `Hello` reply has gone out.
 //!

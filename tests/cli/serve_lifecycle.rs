@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use crate::util::process::*;
-use crate::util::{pattern, tmpdir};
+use crate::util::{pattern, run, tmpdir};
 use dbus_vmstate::stream::{native, Limits, Record};
 
 #[test]
@@ -93,10 +93,11 @@ fn interrupted_save_client_removes_its_temporary_file() {
     assert_eq!(entries(&out_dir), Vec::<String>::new());
 }
 
-/// systemd socket activation: listening sockets passed as fds 3 and 4,
-/// named by LISTEN_FDNAMES, used instead of binding; left in place on exit.
+/// systemd socket activation: listening sockets passed as fds 3, 4 and 5,
+/// named by LISTEN_FDNAMES (the control socket, a helper's, QEMU's), used
+/// instead of binding; left in place on exit.
 #[test]
-#[allow(unsafe_code)] // pre_exec, to place the passed sockets at fds 3 and 4
+#[allow(unsafe_code)] // pre_exec, to place the passed sockets at fds 3 to 5
 fn socket_activation_uses_passed_sockets() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
@@ -110,7 +111,9 @@ fn socket_activation_uses_passed_sockets() {
     let control_path = systemd_dir.join("ctl.sock");
     let a = UnixListener::bind(&a_path).unwrap();
     let control = UnixListener::bind(&control_path).unwrap();
-    let fds = [control.as_raw_fd(), a.as_raw_fd()];
+    let qemu_path = systemd_dir.join("vm0-qemu.sock");
+    let qemu = UnixListener::bind(&qemu_path).unwrap();
+    let fds = [control.as_raw_fd(), a.as_raw_fd(), qemu.as_raw_fd()];
 
     // LISTEN_PID must be serve's own pid: the shell sets it to its pid,
     // then execs serve in its place.
@@ -118,13 +121,13 @@ fn socket_activation_uses_passed_sockets() {
     cmd.arg("-c")
         .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
         .arg(env!("CARGO_BIN_EXE_dbus-vmstate"))
-        .env("LISTEN_FDS", "2")
-        .env("LISTEN_FDNAMES", "control:a");
+        .env("LISTEN_FDS", "3")
+        .env("LISTEN_FDNAMES", "control:a:qemu");
     // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and
     // exec.
     unsafe {
         cmd.pre_exec(move || {
-            let mut high = [0; 2];
+            let mut high = [0; 3];
             for (i, fd) in fds.iter().enumerate() {
                 high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100);
                 if high[i] < 0 {
@@ -150,6 +153,13 @@ fn socket_activation_uses_passed_sockets() {
     );
     assert!(
         serve.ready.contains(&format!("a={}", a_path.display())),
+        "{}",
+        serve.ready
+    );
+    assert!(
+        serve
+            .ready
+            .contains(&format!("qemu {}", qemu_path.display())),
         "{}",
         serve.ready
     );
@@ -180,6 +190,27 @@ fn socket_activation_uses_passed_sockets() {
         native::read_all(std::fs::File::open(&stream).unwrap(), Limits::default()).unwrap();
     records.sort_by(|x, y| x.id.cmp(&y.id));
     assert_eq!(records[0], Record::new("a", b"activated".to_vec()));
+    // QEMU's passed socket answers as a bus: a bus client's Hello is
+    // answered, and ListQueuedOwners lists both helpers.
+    let listed = run(async {
+        let stream = std::os::unix::net::UnixStream::connect(&qemu_path).unwrap();
+        let qemu = zbus::connection::Builder::unix_stream(stream)
+            .build()
+            .await
+            .expect("the passed QEMU socket answers Hello");
+        let reply = qemu
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "ListQueuedOwners",
+                &("org.qemu.VMState1",),
+            )
+            .await
+            .expect("ListQueuedOwners");
+        reply.body().deserialize::<Vec<String>>().unwrap()
+    });
+    assert_eq!(listed.len(), 2, "{listed:?}");
 
     assert_eq!(serve.stop(libc::SIGTERM).code(), Some(0));
     assert_eq!(
@@ -188,7 +219,7 @@ fn socket_activation_uses_passed_sockets() {
         "its own socket is removed"
     );
     assert!(
-        a_path.exists() && control_path.exists(),
+        a_path.exists() && control_path.exists() && qemu_path.exists(),
         "passed sockets stay"
     );
 }
@@ -373,4 +404,56 @@ fn client_errors_exit_2_with_a_clear_message() {
         );
     }
     assert!(!Path::new(out_file).exists());
+}
+
+/// `--qemu-socket`: bound 0600 beside the others, named in the ready line,
+/// removed on exit; a path that is a helper's socket is refused.
+#[test]
+fn the_qemu_socket_is_bound_private_and_removed_on_exit() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tmpdir();
+    let dir = tmp.path().join("s");
+    let qemu = tmp.path().join("qemu.sock");
+    let serve = Serve::start(
+        &dir,
+        &["--id-list", "a", "--qemu-socket", qemu.to_str().unwrap()],
+    );
+    assert!(
+        serve
+            .ready
+            .trim_end()
+            .ends_with(&format!("qemu {}", qemu.display())),
+        "{}",
+        serve.ready
+    );
+    let mode = std::fs::metadata(&qemu).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let out = run_bin(["status", "--control", serve.control().to_str().unwrap()]);
+    assert_exit(&out, 0);
+    let status = text(&out.stdout);
+    assert!(
+        status.contains(&format!("qemu: {} not connected", qemu.display())),
+        "{status}"
+    );
+    assert_eq!(serve.stop(libc::SIGTERM).code(), Some(0));
+    assert!(!qemu.exists(), "QEMU's socket left behind");
+
+    let clash = dir.join("a.sock");
+    let out = run_bin([
+        "serve",
+        "--socket-dir",
+        dir.to_str().unwrap(),
+        "--id-list",
+        "a",
+        "--qemu-socket",
+        clash.to_str().unwrap(),
+    ]);
+    assert_exit(&out, 2);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("QEMU's socket") && err.contains("helper \"a\""),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no ready line");
 }

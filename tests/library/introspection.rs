@@ -145,7 +145,7 @@ fn control_server_serves_exactly_the_protocol_interface() {
         let served: String = reply.body().deserialize().unwrap();
         let spec = include_str!("../../protocol/org.dbusvmstate.Control1.xml");
         let want = members(spec, control::INTERFACE);
-        assert_eq!(want.len(), 3, "Save, Load, Status");
+        assert_eq!(want.len(), 4, "Save, Load, Status, QemuStatus");
         assert_eq!(
             members(&served, control::INTERFACE),
             want,

@@ -14,6 +14,7 @@ mod hostile;
 mod introspection;
 mod io_faults;
 mod qemu_compat;
+mod qemu_door;
 mod roundtrip;
 mod scenarios;
 mod stream_golden;

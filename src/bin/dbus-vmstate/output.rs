@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use dbus_vmstate::control::Report;
-use dbus_vmstate::coordinator::{HelperStatus, Transfer};
+use dbus_vmstate::coordinator::{HelperStatus, QemuRound, QemuStatus, Transfer};
 use serde_json::{json, Value};
 
 /// Standard output for what a command prints. A reader that stops early
@@ -193,8 +193,30 @@ pub fn write_report(out: &mut dyn Write, summary: &str, report: &Report) -> io::
 }
 
 /// The JSON document of `status`.
-pub fn status_json(helpers: &[HelperStatus]) -> Value {
+pub fn status_json(helpers: &[HelperStatus], qemu: Option<&QemuStatus>) -> Value {
+    let round = |r: &Option<QemuRound>| {
+        r.as_ref().map(|r| {
+            json!({
+                "helpers": r.helpers,
+                "bytes": r.bytes,
+                "duration_ms": r.duration.as_secs_f64() * 1e3,
+                "failures": r.failures,
+            })
+        })
+    };
+    let qemu = qemu.map(|q| {
+        json!({
+            "socket": q.socket.display().to_string(),
+            "connected": q.connected,
+            "pid": q.pid,
+            "uid": q.uid,
+            "last_save": round(&q.last_save),
+            "last_load": round(&q.last_load),
+            "last_rejection": q.last_rejection,
+        })
+    });
     json!({
+        "qemu": qemu,
         "helpers": helpers.iter().map(|h| json!({
             "id": h.id,
             "socket": h.socket.display().to_string(),
@@ -241,6 +263,39 @@ pub fn write_status(out: &mut dyn Write, helpers: &[HelperStatus]) -> io::Result
         if let Some(why) = &h.last_rejection {
             writeln!(out, "{:<width$}  last rejected connection: {why}", "")?;
         }
+    }
+    Ok(())
+}
+
+/// The QEMU lines of `status`, after the helpers' table.
+pub fn write_qemu_status(out: &mut dyn Write, qemu: &QemuStatus) -> io::Result<()> {
+    let who = match (qemu.connected, qemu.pid, qemu.uid) {
+        (false, ..) => "not connected".to_string(),
+        (true, pid, uid) => {
+            let opt = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            format!("connected (pid {}, uid {})", opt(pid), opt(uid))
+        }
+    };
+    writeln!(out, "qemu: {} {who}", qemu.socket.display())?;
+    for (what, round) in [("save", &qemu.last_save), ("load", &qemu.last_load)] {
+        let Some(round) = round else {
+            writeln!(out, "  last {what}: -")?;
+            continue;
+        };
+        writeln!(
+            out,
+            "  last {what}: {} ({}) in {}, {}",
+            count(round.helpers.len() as u64, "helper", "helpers"),
+            bytes(round.bytes),
+            ms(round.duration),
+            count(round.failures.len() as u64, "failure", "failures"),
+        )?;
+        for failure in &round.failures {
+            writeln!(out, "    {failure}")?;
+        }
+    }
+    if let Some(why) = &qemu.last_rejection {
+        writeln!(out, "  last rejected connection: {why}")?;
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use super::rules;
 use super::transfer;
 use crate::control::{ERROR_BUSY, ERROR_HELPER_FAILED, ERROR_NOT_CONNECTED};
 use crate::coordinator::bus_shim::{BUS_NAME, BUS_PATH};
-use crate::coordinator::Inner;
+use crate::coordinator::{Inner, Transfer};
 use crate::error::{self, Call, Error};
 use crate::iface;
 use crate::rt;
@@ -220,6 +220,10 @@ pub(super) async fn serve(
                 if let Some(call) = Incoming::new(msg) {
                     door.handle(call).await;
                 }
+            }
+            Ok(Some(Err(zbus::Error::InputOutput(e)))) => {
+                // QEMU exiting resets its end; the stream ends next.
+                tracing::debug!("reading from QEMU failed: {e}");
             }
             Ok(Some(Err(e))) => {
                 tracing::warn!("QEMU sent a message that does not parse: {e}");
@@ -529,7 +533,7 @@ impl Door {
                     source: None,
                 }),
             };
-            let outcome = result.map(|saved| (saved.transfer.bytes, Reply::Bytes(saved.data)));
+            let outcome = result.map(|saved| (saved.transfer, Reply::Bytes(saved.data)));
             (Call::Save, number, started, outcome)
         });
     }
@@ -563,7 +567,7 @@ impl Door {
                 };
                 let loaded = transfer::load(inner.clone(), slot, data).await;
                 drop(operation);
-                loaded.map(|t| (t.bytes, Reply::Empty))
+                loaded.map(|t| (t, Reply::Empty))
             }
             .await;
             (Call::Load, number, started, outcome)
@@ -576,7 +580,12 @@ impl Door {
     where
         F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
         Fut: std::future::Future<
-                Output = (Call, u64, std::time::Instant, Result<(u64, Reply), Error>),
+                Output = (
+                    Call,
+                    u64,
+                    std::time::Instant,
+                    Result<(Transfer, Reply), Error>,
+                ),
             > + Send
             + 'static,
     {
@@ -590,7 +599,16 @@ impl Door {
             let (kind, number, started, outcome) = work(inner.clone()).await;
             let id = inner.slots[slot].spec.id.as_str();
             let reply = match outcome {
-                Ok((bytes, reply)) => {
+                Ok((transfer, reply)) => {
+                    let bytes = transfer.bytes;
+                    {
+                        // The helper's own status shows it too.
+                        let mut state = inner.slots[slot].state();
+                        match kind {
+                            Call::Save => state.last_save = Some(transfer),
+                            _ => state.last_load = Some(transfer),
+                        }
+                    }
                     record(&inner, kind, generation, number, started, Ok((id, bytes)));
                     reply
                 }

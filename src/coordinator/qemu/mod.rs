@@ -38,6 +38,34 @@ use crate::rt;
 /// socket-activated front door socket.
 pub(crate) const NAME: &str = "qemu";
 
+/// The error of binding QEMU's socket, which is no helper's: `Bind` and
+/// `SocketInUse` from [`socket::bind`](super::socket::bind) said of QEMU's
+/// socket.
+pub(crate) fn bind_error(e: crate::Error) -> crate::Error {
+    use crate::Error;
+    match e {
+        Error::Bind {
+            path,
+            reason,
+            source,
+            ..
+        } => Error::Io {
+            what: "cannot listen on QEMU's socket",
+            path: Some(path),
+            source: std::io::Error::new(source.kind(), format!("{reason}: {source}")),
+        },
+        Error::SocketInUse { path, .. } => Error::Io {
+            what: "cannot listen on QEMU's socket",
+            path: Some(path),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "a live listener serves it already",
+            ),
+        },
+        other => other,
+    }
+}
+
 /// Pause after an accept error before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
