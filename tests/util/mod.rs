@@ -1,7 +1,8 @@
 //! Shared test support: short temporary socket directories, the scripted
 //! fake helpers ([`Fake`] on the library, [`Raw`] on bare zbus), waiting
 //! for events under a deadline, skipping what the machine cannot run, the
-//! tests' own runtime, and real processes ([`process`]).
+//! tests' own runtime, and real processes ([`process`], and QEMU in
+//! [`qemu`]).
 
 #![allow(dead_code)]
 
@@ -13,6 +14,7 @@ use dbus_vmstate::coordinator;
 
 mod fake;
 pub mod process;
+pub mod qemu;
 mod raw;
 mod require;
 pub mod rt;

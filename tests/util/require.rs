@@ -5,7 +5,7 @@
 //! enables it, and the test passes. CI sets [`REQUIRE_ALL`], which turns
 //! every such skip into a failure with the same text.
 //!
-//! A new requirement (QEMU, say) is one variant and one arm in each of
+//! A new requirement is one variant and one arm in each of
 //! [`Requirement::needs`] and [`Requirement::present`].
 
 use std::collections::HashMap;
@@ -28,6 +28,8 @@ pub enum Requirement {
     PythonDbus,
     /// The `dbus-daemon` program.
     DbusDaemon,
+    /// `qemu-system-x86_64`, which must run `--version`.
+    Qemu,
 }
 
 /// The system interpreter the Python helpers run under.
@@ -49,6 +51,7 @@ impl Requirement {
                  apt-get install python3-gi gir1.2-glib-2.0 python3-dbus)"
             }
             Requirement::DbusDaemon => "dbus-daemon (apt-get install dbus-daemon)",
+            Requirement::Qemu => "qemu-system-x86 (apt-get install qemu-system-x86)",
         }
     }
 
@@ -66,6 +69,7 @@ impl Requirement {
                  from gi.repository import Gio; import dbus, dbus.mainloop.glib",
             ])),
             Requirement::DbusDaemon => succeeds(Command::new("dbus-daemon").arg("--version")),
+            Requirement::Qemu => succeeds(Command::new(super::qemu::PROGRAM).arg("--version")),
         }
     }
 
