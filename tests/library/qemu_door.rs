@@ -511,7 +511,7 @@ fn a_destinations_discovery_and_loads_save_nothing() {
 }
 
 #[test]
-fn a_failing_helper_gets_qemu_an_error_naming_it_and_the_cause() {
+fn a_failing_helper_fails_every_save_of_the_round_naming_it_and_the_cause() {
     run(async {
         let dir = tmpdir();
         let (c, socket) = front_door(dir.path(), &["a", "b"]);
@@ -524,7 +524,16 @@ fn a_failing_helper_gets_qemu_an_error_naming_it_and_the_cause() {
         for name in &names {
             discover(&qemu, name).await;
         }
-        assert_eq!(saved_bytes(save(&qemu, &names[0]).await), b"A");
+        // All or nothing: a's state is withheld, so that QEMU writes no
+        // entry a destination would load.
+        let withheld = save(&qemu, &names[0]).await;
+        let text = error_text(&withheld);
+        assert!(text.contains("helper \"a\""), "{text}");
+        assert!(
+            text.contains("withheld from QEMU because helper \"b\" failed"),
+            "{text}"
+        );
+        assert_eq!(a.saves(), 1, "a was saved");
         let failed = save(&qemu, &names[1]).await;
         assert_eq!(
             error_name(&failed).as_deref(),
@@ -535,9 +544,9 @@ fn a_failing_helper_gets_qemu_an_error_naming_it_and_the_cause() {
         assert!(text.contains("disk on fire"), "{text}");
         let status = c.qemu_status().unwrap();
         let round = status.last_save.expect("recorded");
-        assert_eq!(round.helpers, ["a"]);
-        assert_eq!(round.failures.len(), 1);
-        assert!(round.failures[0].contains("disk on fire"), "{round:?}");
+        assert!(round.helpers.is_empty(), "{round:?}");
+        assert_eq!(round.failures.len(), 2);
+        assert!(round.failures[1].contains("disk on fire"), "{round:?}");
         c.shutdown().await;
     });
 }

@@ -5,8 +5,9 @@
 //! QEMU calls `Save` on one helper after another, each waiting for the
 //! last reply, all while the VM is stopped. A round therefore saves every
 //! helper QEMU is about to save at once, as soon as QEMU's first `Save`
-//! arrives, and answers each of QEMU's calls from its helper's result:
-//! the downtime is the slowest helper's, not the sum.
+//! arrives, and answers QEMU's calls from the results once all are in
+//! (all or nothing, see [`start_batch`]): the downtime is the slowest
+//! helper's, not the sum.
 //!
 //! Which helpers QEMU is about to save: those it read the `Id` of in this
 //! round (`Properties.GetAll`), less those it dropped before its first
@@ -25,13 +26,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::channel::oneshot;
-use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::transfer::{self, Saved};
 use crate::coordinator::shared::Operation;
 use crate::coordinator::Inner;
 use crate::error::Error;
 use crate::rt;
+
+/// The error of a helper whose state is withheld from QEMU because
+/// `failed` (other helpers of the same batch) failed.
+fn withheld(inner: &Inner, slot: usize, failed: &str) -> Error {
+    Error::Transfer {
+        id: inner.slots[slot].spec.id.clone(),
+        call: crate::error::Call::Save,
+        reason: format!(
+            "saved, but withheld from QEMU because {failed} failed in the same save: \
+             QEMU would write a migration stream without its state"
+        ),
+        source: None,
+    }
+}
 
 /// What QEMU's `Save` call on one helper waits for.
 pub(super) type SaveResult = oneshot::Receiver<Result<Saved, Error>>;
@@ -142,7 +156,13 @@ impl Round {
 }
 
 /// Saves every helper of `slots` at once, under the coordinator's one
-/// operation; each result goes to its slot's receiver as it comes.
+/// operation, and hands each result to its slot's receiver once all are
+/// in: all or nothing, since QEMU (7.2) writes its migration stream even
+/// when a `Save` failed, counting the failed helper without its state, and
+/// a destination then loads every helper before the gap. With every
+/// `Save` of the round failed, the stream has no entry at all and a
+/// destination loads none. Answering at the end costs no downtime: QEMU's
+/// calls end with the slowest helper's either way.
 fn start_batch(inner: &Arc<Inner>, slots: Vec<usize>) -> HashMap<usize, SaveResult> {
     let mut results = HashMap::new();
     let mut senders = Vec::new();
@@ -163,18 +183,29 @@ fn start_batch(inner: &Arc<Inner>, slots: Vec<usize>) -> HashMap<usize, SaveResu
                 return;
             }
         };
-        let mut saves: FuturesUnordered<_> = senders
-            .into_iter()
-            .map(|(slot, tx)| {
-                let inner = inner.clone();
-                async move {
-                    let result = transfer::save(inner, slot).await;
-                    // QEMU may have gone away meanwhile.
-                    let _ = tx.send(result);
-                }
-            })
+        let saves = senders.into_iter().map(|(slot, tx)| {
+            let inner = inner.clone();
+            async move { (slot, tx, transfer::save(inner, slot).await) }
+        });
+        let results = futures::future::join_all(saves).await;
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|(_, _, result)| result.is_err())
+            .map(|(slot, _, _)| format!("{:?}", inner.slots[*slot].spec.id))
             .collect();
-        while saves.next().await.is_some() {}
+        let failed = match failed.len() {
+            0 => String::new(),
+            1 => format!("helper {}", failed[0]),
+            _ => format!("helpers {}", failed.join(", ")),
+        };
+        for (slot, tx, result) in results {
+            let result = match result {
+                Ok(_) if !failed.is_empty() => Err(withheld(&inner, slot, &failed)),
+                other => other,
+            };
+            // QEMU may have gone away meanwhile.
+            let _ = tx.send(result);
+        }
         drop(operation);
     }));
     results
