@@ -215,7 +215,15 @@ pub(super) async fn serve(
         conn,
     };
     loop {
-        match rt::timeout(ROUND_IDLE, messages.next()).await {
+        // A timer only while a round's loads hold the one operation: one
+        // per message would cost every call of QEMU's a wake-up of the
+        // timer thread.
+        let next = if door.round.holds_lane() {
+            rt::timeout(ROUND_IDLE, messages.next()).await
+        } else {
+            Ok(messages.next().await)
+        };
+        match next {
             Ok(Some(Ok(msg))) => {
                 if let Some(call) = Incoming::new(msg) {
                     door.handle(call).await;

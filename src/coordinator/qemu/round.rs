@@ -146,6 +146,12 @@ impl Round {
         }
     }
 
+    /// Whether a `Load` of this round took the lane (and may hold the
+    /// coordinator's one operation in it).
+    pub fn holds_lane(&self) -> bool {
+        self.loading
+    }
+
     /// Lets go of the round's lock (the round is over).
     pub fn release(&mut self) {
         if std::mem::take(&mut self.loading) {
