@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod introspection;
 mod io_faults;
+mod pipeline;
 mod qemu_compat;
 mod roundtrip;
 mod scenarios;
