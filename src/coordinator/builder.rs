@@ -1,8 +1,10 @@
 //! Configuring a coordinator: the helpers it expects and its limits.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::budget::{Budget, DEFAULT_MEMORY_LIMIT_BYTES};
 use super::{policy, Coordinator};
 use crate::error::Error;
 use crate::iface;
@@ -30,6 +32,8 @@ pub(crate) struct Config {
     pub handshake_timeout: Duration,
     pub max_blob_bytes: u64,
     pub socket_owner: Option<(u32, Option<u32>)>,
+    /// The memory budget of plain states, shared by every save and load.
+    pub budget: Arc<Budget>,
 }
 
 /// Configures and binds a [`Coordinator`].
@@ -43,6 +47,7 @@ pub struct Builder {
     handshake_timeout: Duration,
     max_blob_bytes: u64,
     socket_owner: Option<(u32, Option<u32>)>,
+    memory_limit: u64,
 }
 
 impl Default for Builder {
@@ -63,6 +68,7 @@ impl Builder {
             handshake_timeout: iface::DEFAULT_HANDSHAKE_TIMEOUT,
             max_blob_bytes: iface::DEFAULT_MAX_STATE_BYTES,
             socket_owner: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT_BYTES,
         }
     }
 
@@ -140,6 +146,27 @@ impl Builder {
         self
     }
 
+    /// The most memory the states of plain helpers (those without the
+    /// streaming extension, whose state travels in one D-Bus message) may
+    /// hold at once, over every save and load of this coordinator
+    /// (default [`DEFAULT_MEMORY_LIMIT_BYTES`](super::DEFAULT_MEMORY_LIMIT_BYTES),
+    /// 256 MiB).
+    ///
+    /// A plain `Save` waits until its helper's last saved size (the
+    /// largest reply, at most the limit, when none is known) fits, and
+    /// holds the reply's size until it is written. A load collects a plain
+    /// state in memory while it fits beside the others, else in an
+    /// unlinked temporary file (`$TMPDIR`, else `/var/tmp`, which unlike
+    /// `/tmp` is seldom a tmpfs), and each `Load` waits for its state's
+    /// room. A state larger than the limit fails with
+    /// [`Error::TooLarge`] naming its helper (on load, before any call).
+    /// zbus's own copies of a message while it is built or read come on
+    /// top. Streaming helpers need none of it.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
     /// Checks the configuration, binds every socket and starts accepting
     /// helpers. Must be called within an async runtime context or from a
     /// thread where spawning is allowed (any thread with async-std).
@@ -182,6 +209,7 @@ impl Builder {
             handshake_timeout,
             max_blob_bytes,
             socket_owner,
+            memory_limit,
         } = self;
         policy::check_helpers(&helpers)?;
         for id in &optional {
@@ -209,6 +237,7 @@ impl Builder {
             handshake_timeout,
             max_blob_bytes,
             socket_owner,
+            budget: Budget::new(memory_limit),
         })
     }
 }

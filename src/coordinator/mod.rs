@@ -68,8 +68,7 @@
 //! - Any other input ([`Coordinator::load`], a pipe, a FIFO, a socket) is
 //!   verified while it is copied to a spool: memory up to 8 MiB, then an
 //!   unlinked temporary file in `$TMPDIR`. It stops at the first unknown
-//!   Id, and a stream that fails here calls no `Load` at all; the states
-//!   of helpers known to be plain are kept from this read. Then the
+//!   Id, and a stream that fails here calls no `Load` at all. Then the
 //!   verifying pass reads the spool as it would a seekable input. A pipe
 //!   is thus read ahead of the helpers whatever their speed, and its
 //!   streaming states pass through the spool: pipelining them would need
@@ -77,6 +76,19 @@
 //!   version 1 provides.
 //! - A QEMU payload (at most 1 MiB per helper) is decoded and verified
 //!   into memory, then loaded.
+//!
+//! **Memory.** Plain states are held whole (one D-Bus message each), so
+//! they count against the coordinator's budget
+//! ([`Builder::memory_limit`], shared by every save and load): the
+//! verifying pass collects a plain state in memory while it fits beside
+//! the states held, and writes any other to an unlinked temporary file
+//! (`$TMPDIR`, else `/var/tmp`, seldom a tmpfs, unlike `/tmp`); each plain
+//! `Load` waits until its state's room is free, reads a spilled state
+//! back, and gives the room back when it returns. A plain state larger
+//! than the budget fails the load before any call, naming its helper. A
+//! plain `Save` likewise waits for room before its call (its helper's last
+//! saved size, or the largest reply when none is known, at most the
+//! budget) and holds the reply's size until the writer has written it.
 //!
 //! # Concurrency
 //!
@@ -151,6 +163,10 @@
 //! - Flags: `stop`, raised by the writer thread when the output fails, which
 //!   makes every reader give up; `cancelled`, raised for one reader when its
 //!   helper's save is given up.
+//! - The memory budget of plain states: a counter under a mutex held for
+//!   single updates, and an event that wakes every save or load waiting
+//!   for room whenever room is given back (a reply written, a `Load`
+//!   returned, a state dropped with its failed load).
 //! - Each helper's slot (its connection and last transfers) is a mutex held
 //!   for single assignments only; an event wakes whoever waits for helpers
 //!   whenever one connects or disconnects, and on shutdown.
@@ -201,6 +217,7 @@
 //!   connections and then calls [`Coordinator::shutdown`].
 
 mod accept;
+mod budget;
 mod builder;
 mod bus_shim;
 mod call;
@@ -215,6 +232,7 @@ mod shared;
 pub(crate) mod socket;
 mod transfer;
 
+pub use budget::DEFAULT_MEMORY_LIMIT_BYTES;
 pub use builder::{Builder, HelperSpec};
 pub use handle::Coordinator;
 pub use report::{HelperReport, HelperStatus, LoadReport, SaveReport, Skipped, Transfer};

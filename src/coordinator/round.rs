@@ -171,6 +171,7 @@ mod tests {
             handshake_timeout: Duration::ZERO,
             max_blob_bytes: 0,
             socket_owner: None,
+            budget: crate::coordinator::budget::Budget::new(0),
         })
     }
 

@@ -6,6 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod budget;
 mod bus;
 mod control;
 mod executors;

@@ -6,7 +6,9 @@
 //! bounded queue ([`FEED_QUEUE_CHUNKS`]), so memory stays flat, a slow
 //! helper holds up the reading (and the others) only once its queue is
 //! full, and loading overlaps the reading. A plain helper's chunks are
-//! collected (its state fits in one D-Bus message, which was checked).
+//! collected (its state fits in one D-Bus message, which was checked), in
+//! memory within the coordinator's budget, else in a temporary file
+//! ([`plain`](super::plain)).
 //! Only once `STREAM_END` has verified, with every helper announced in
 //! the stream's contents present at its announced size, are the routes
 //! finished ([`Route::finish`]): each feeder sends its state's last byte,
@@ -17,11 +19,14 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 
 use futures::channel::oneshot;
 
 use super::feed::Feed;
+use super::plain::Collect;
 use super::verify::{read_error, Contents};
+use crate::coordinator::budget::Budget;
 use crate::coordinator::transfer::pool::Pool;
 use crate::error::Error;
 use crate::stream::{self, native, Limits, Record};
@@ -34,16 +39,21 @@ pub(crate) const FEED_QUEUE_CHUNKS: usize = 4;
 pub(crate) enum Route {
     /// To a streaming helper's feeder.
     Stream(SyncSender<Feed>),
-    /// Collected, then handed to a plain helper's `Load`.
+    /// Collected (from the state's `BEGIN` on), then handed to a plain
+    /// helper's `Load`.
     Plain {
-        tx: oneshot::Sender<Vec<u8>>,
-        data: Vec<u8>,
+        tx: oneshot::Sender<Collect>,
+        data: Option<Collect>,
     },
 }
 
 impl Route {
     /// Hands over the next bytes of the state.
-    fn chunk(&mut self, data: &[u8], pool: &Pool) {
+    ///
+    /// # Errors
+    ///
+    /// A plain state's temporary file failing.
+    fn chunk(&mut self, data: &[u8], pool: &Pool) -> Result<(), Error> {
         match self {
             Route::Stream(tx) => {
                 for piece in data.chunks(pool.capacity().max(1)) {
@@ -59,9 +69,12 @@ impl Route {
                 }
             }
             Route::Plain {
-                data: collected, ..
-            } => collected.extend_from_slice(data),
+                data: Some(collected),
+                ..
+            } => collected.push(data)?,
+            Route::Plain { data: None, .. } => {}
         }
+        Ok(())
     }
 
     /// The whole stream verified: the state may complete its load.
@@ -71,7 +84,11 @@ impl Route {
                 let _ = tx.send(Feed::Finish);
             }
             // The receiver is gone only if its load was given up.
-            Route::Plain { tx, data } => drop(tx.send(data)),
+            Route::Plain { tx, data } => {
+                if let Some(data) = data {
+                    drop(tx.send(data));
+                }
+            }
         }
     }
 }
@@ -86,6 +103,8 @@ pub(crate) struct Pass {
     pub from_memory: Vec<(Record, Route)>,
     pub stream: Option<(Box<dyn Read + Send>, Contents)>,
     pub routes: Routes,
+    /// The budget the plain states are collected within.
+    pub budget: Arc<Budget>,
 }
 
 impl Pass {
@@ -95,9 +114,11 @@ impl Pass {
     ///
     /// As [`native()`].
     pub(crate) fn run(self, limits: Limits, pool: &Pool) -> Result<(), Error> {
-        from_memory(self.from_memory, pool);
+        from_memory(self.from_memory, pool)?;
         match self.stream {
-            Some((input, contents)) => native(input, limits, &contents, self.routes, pool),
+            Some((input, contents)) => {
+                native(input, limits, &contents, self.routes, pool, &self.budget)
+            }
             None => Ok(()),
         }
     }
@@ -125,6 +146,7 @@ pub(crate) fn native(
     contents: &[(String, u64)],
     mut routes: Routes,
     pool: &Pool,
+    budget: &Arc<Budget>,
 ) -> Result<(), Error> {
     let mut reader = native::Reader::new(input, limits).map_err(read_error)?;
     // By helper index, as the stream numbers them: the route and the
@@ -146,7 +168,7 @@ pub(crate) fn native(
                 let mut route = routes.remove(id);
                 if let (Some(Route::Plain { data, .. }), Some((_, size))) = (&mut route, announced)
                 {
-                    data.reserve_exact(usize::try_from(*size).unwrap_or(0));
+                    *data = Some(Collect::start(budget, *size)?);
                 }
                 open.push((route, 0));
             }
@@ -160,7 +182,7 @@ pub(crate) fn native(
                         return Err(changed(offset, Some(id), "its state is larger"));
                     }
                     if let Some(route) = route {
-                        route.chunk(data, pool);
+                        route.chunk(data, pool)?;
                     }
                 }
             }
@@ -193,9 +215,10 @@ pub(crate) fn native(
 
 /// Feeds states already in memory and verified (a decoded QEMU payload)
 /// to their streaming helpers.
-fn from_memory(states: Vec<(Record, Route)>, pool: &Pool) {
+fn from_memory(states: Vec<(Record, Route)>, pool: &Pool) -> Result<(), Error> {
     for (record, mut route) in states {
-        route.chunk(&record.data, pool);
+        route.chunk(&record.data, pool)?;
         route.finish();
     }
+    Ok(())
 }

@@ -45,10 +45,9 @@ pub(crate) fn seekable<R: Read + Seek + Send + 'static>(
     format: Option<Format>,
     limits: Limits,
     known: &Known,
-    keep: &verify::Keep,
 ) -> Result<Verified, Error> {
     let Ok(start) = input.stream_position() else {
-        return verify::spooled(input, format, limits, known, keep);
+        return verify::spooled(input, format, limits, known);
     };
     let prefix = verify::read_prefix(&mut input)?;
     let format = verify::format_of(&prefix, format)?;
@@ -65,7 +64,6 @@ pub(crate) fn seekable<R: Read + Seek + Send + 'static>(
     Ok(Verified::Native {
         input: Box::new(input),
         contents,
-        kept: Default::default(),
     })
 }
 

@@ -8,13 +8,16 @@
 //! The verifying pass ([`dispatch`]) reads the stream and hands each
 //! helper's chunks to a feeder thread writing into its socket ([`feed`],
 //! streaming helpers) or collects them for one `Load` message (plain
-//! helpers), and lets them complete at `STREAM_END`.
+//! helpers, within the memory budget: [`plain`]), and lets them complete
+//! at `STREAM_END`.
 
 mod dispatch;
 mod feed;
 mod index;
+mod plain;
 mod verify;
 
+use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -33,7 +36,8 @@ use crate::rt;
 use crate::stream::{native, Format, Limits, Record};
 use dispatch::{Pass, Route, Routes, FEED_QUEUE_CHUNKS};
 use index::Known;
-use verify::{Keep, Verified};
+use plain::Collect;
+use verify::Verified;
 
 fn limits(inner: &Inner) -> Limits {
     Limits {
@@ -50,10 +54,10 @@ pub(super) async fn load<R>(
 where
     R: Read + Send + 'static,
 {
-    let (limits, known, keep) = (limits(inner), known(inner), plain_now(inner).await);
+    let (limits, known) = (limits(inner), known(inner));
     let started = Instant::now();
     let verified =
-        rt::spawn_blocking(move || verify::spooled(input, format, limits, &known, &keep)).await?;
+        rt::spawn_blocking(move || verify::spooled(input, format, limits, &known)).await?;
     run(inner, verified, started.elapsed()).await
 }
 
@@ -65,28 +69,16 @@ pub(super) async fn load_seekable<R>(
 where
     R: Read + Seek + Send + 'static,
 {
-    let (limits, known, keep) = (limits(inner), known(inner), plain_now(inner).await);
+    let (limits, known) = (limits(inner), known(inner));
     let started = Instant::now();
     let verified =
-        rt::spawn_blocking(move || index::seekable(input, format, limits, &known, &keep)).await?;
+        rt::spawn_blocking(move || index::seekable(input, format, limits, &known)).await?;
     run(inner, verified, started.elapsed()).await
 }
 
 /// The Ids of every configured helper.
 fn known(inner: &Inner) -> Known {
     inner.slots.iter().map(|s| s.spec.id.clone()).collect()
-}
-
-/// The Ids of the helpers connected now that take the plain path, whose
-/// states the first read of a spooled input can keep. Calls nothing but (at most once per
-/// connection) `Introspect`.
-async fn plain_now(inner: &Inner) -> Keep {
-    let (participants, _) = round::participants(inner, 0..inner.slots.len()).await;
-    participants
-        .iter()
-        .filter(|p| p.mode == Mode::Plain)
-        .map(|p| inner.slots[p.slot].spec.id.clone())
-        .collect()
 }
 
 /// One helper to load.
@@ -103,9 +95,8 @@ enum Incoming {
     Stream(mpsc::Receiver<feed::Feed>),
     /// Collected by the verifying pass for a plain helper, handed over
     /// once the whole stream verified.
-    Plain(oneshot::Receiver<Vec<u8>>),
-    /// In memory already and verified (kept from a spooled input's first
-    /// read, or decoded).
+    Plain(oneshot::Receiver<Collect>),
+    /// In memory already and verified (a decoded QEMU payload).
     Ready(Vec<u8>),
 }
 
@@ -190,15 +181,24 @@ async fn plan(inner: &Inner, contents: &[(String, u64)]) -> Result<(Vec<Target>,
             mode: p.mode,
         })
         .collect();
-    // Still before any Load: every plain state must fit in one message.
+    // Still before any Load: every plain state must fit in one message,
+    // and in the memory budget.
+    let budget = &inner.config.budget;
     let too_large: Vec<Error> = targets
         .iter()
-        .filter(|t| t.mode == Mode::Plain && t.size > iface::MAX_LOAD_BLOB_BYTES as u64)
-        .map(|t| Error::OverMessageLimit {
-            id: specs[t.slot].id.clone(),
-            call: Call::Load,
-            size: Some(t.size),
-            limit: iface::MAX_LOAD_BLOB_BYTES as u64,
+        .filter(|t| t.mode == Mode::Plain)
+        .filter_map(|t| {
+            let id = &specs[t.slot].id;
+            if t.size > iface::MAX_LOAD_BLOB_BYTES as u64 {
+                Some(Error::OverMessageLimit {
+                    id: id.clone(),
+                    call: Call::Load,
+                    size: Some(t.size),
+                    limit: iface::MAX_LOAD_BLOB_BYTES as u64,
+                })
+            } else {
+                (t.size > budget.limit()).then(|| plain::over_budget(id, t.size, budget))
+            }
         })
         .collect();
     if let Some(e) = Error::from_many(too_large) {
@@ -212,17 +212,13 @@ async fn plan(inner: &Inner, contents: &[(String, u64)]) -> Result<(Vec<Target>,
     Ok((targets, Outcomes::new(Call::Load, skipped)))
 }
 
-/// Decides where each target's state comes from: memory (kept from a
-/// spooled input's first read, or decoded), or the verifying pass.
+/// Decides where each target's state comes from: memory (a decoded QEMU
+/// payload), or the verifying pass.
 fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (Pass, Vec<Incoming>) {
     // States in memory already, and the stream to read if needed.
-    let (mut ready, stream) = match verified {
+    let (mut ready, stream): (HashMap<_, _>, _) = match verified {
         Verified::Records(records) => (records.into_iter().map(|r| (r.id, r.data)).collect(), None),
-        Verified::Native {
-            input,
-            contents,
-            kept,
-        } => (kept, Some((input, contents))),
+        Verified::Native { input, contents } => (HashMap::new(), Some((input, contents))),
     };
     let mut routes = Routes::new();
     let mut from_memory = Vec::new();
@@ -234,8 +230,7 @@ fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (Pass, Vec<In
             (Mode::Plain, Some(data)) => incoming.push(Incoming::Ready(data)),
             (Mode::Plain, None) => {
                 let (tx, rx) = oneshot::channel();
-                let data = Vec::new();
-                routes.insert(id, Route::Plain { tx, data });
+                routes.insert(id, Route::Plain { tx, data: None });
                 incoming.push(Incoming::Plain(rx));
             }
             (Mode::Stream, state) => {
@@ -254,6 +249,7 @@ fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (Pass, Vec<In
         from_memory,
         stream,
         routes,
+        budget: inner.config.budget.clone(),
     };
     (pass, incoming)
 }
@@ -274,7 +270,14 @@ async fn load_all(
                     feed::load(inner, t.slot, &t.peer, t.size, feed, pool).await
                 }
                 Incoming::Plain(data) => match data.await {
-                    Ok(data) => load_plain(inner, t.slot, &t.peer, data).await,
+                    Ok(collected) => {
+                        let id = &inner.slots[t.slot].spec.id;
+                        let (data, room) = collected.into_memory(&inner.config.budget, id).await?;
+                        let loaded = load_plain(inner, t.slot, &t.peer, data).await;
+                        // The state's room is given back once its Load is over.
+                        drop(room);
+                        loaded
+                    }
                     Err(oneshot::Canceled) => Err(HelperCall::new(inner, t.slot, Call::Load)
                         .transfer("not called: the stream failed verification", None)),
                 },

@@ -4,19 +4,13 @@
 //! `LoadFd` needs before the first byte ([the
 //! rule](crate::coordinator#loading)). The spool is [`SPOOL_MEMORY_BYTES`]
 //! in memory, then an unlinked temporary file; the verifying pass
-//! ([`super::dispatch`]) then streams from it.
-//!
-//! The states of helpers known to be plain ([`Keep`]) are kept from this
-//! first read: they go into one `Load` message anyway, and keeping them
-//! spares reading them again (no second read at all when every helper is
-//! plain). The first unknown Id fails the load where it is read.
+//! ([`super::dispatch`]) then streams from it. The first unknown Id fails
+//! the load where it is read.
 
-use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom, Write};
 
 use super::index::Known;
 use crate::error::Error;
-use crate::iface;
 use crate::stream::{self, native, qemu, Format, Limits, Record};
 
 /// How much of a non-seekable native stream is spooled in memory before
@@ -31,20 +25,15 @@ const SPOOL_READ_BUFFER_BYTES: usize = 64 << 10;
 /// announces to the helpers before the verifying pass.
 pub(crate) type Contents = Vec<(String, u64)>;
 
-/// Ids of the helpers whose states the first read keeps.
-pub(crate) type Keep = HashSet<String>;
-
 /// A stream ready for its verifying pass.
 pub(crate) enum Verified {
     /// A QEMU payload, decoded and verified.
     Records(Vec<Record>),
-    /// A native stream: the input at the stream's start, each helper's Id
-    /// and state size in stream order, and the kept states (at most one
-    /// D-Bus message each) by Id.
+    /// A native stream: the input at the stream's start, and each
+    /// helper's Id and state size in stream order.
     Native {
         input: Box<dyn Read + Send>,
         contents: Contents,
-        kept: HashMap<String, Vec<u8>>,
     },
 }
 
@@ -115,50 +104,17 @@ pub(crate) fn decode_qemu<R: Read>(input: R, limits: Limits) -> Result<Verified,
     Ok(Verified::Records(decoded.records))
 }
 
-/// Verifies a whole native stream, keeping the states of `keep` that fit
-/// in one `Load` message; stops at the first Id not `known`.
-fn first_pass<R: Read>(
-    input: R,
-    limits: Limits,
-    known: &Known,
-    keep: &Keep,
-) -> Result<(native::Summary, HashMap<String, Vec<u8>>), Error> {
+/// Verifies a whole native stream; stops at the first Id not `known`.
+fn first_pass<R: Read>(input: R, limits: Limits, known: &Known) -> Result<native::Summary, Error> {
     let mut reader = native::Reader::new(input, limits).map_err(read_error)?;
-    // By helper index: the state being kept, if it is.
-    let mut open: Vec<Option<Vec<u8>>> = Vec::new();
-    let mut kept = HashMap::new();
-    loop {
-        let ended = match reader.next_event().map_err(read_error)? {
-            None => break,
-            Some(native::Event::Begin { id, .. }) => {
-                if !known.contains(id) {
-                    return Err(Error::UnknownInStream { id: id.to_string() });
-                }
-                open.push(keep.contains(id).then(Vec::new));
-                None
-            }
-            Some(native::Event::Chunk { helper, data }) => {
-                if let Some(slot) = open.get_mut(helper as usize) {
-                    match slot {
-                        Some(buf) if buf.len() + data.len() <= iface::MAX_LOAD_BLOB_BYTES => {
-                            buf.extend_from_slice(data)
-                        }
-                        // Too large for a message: the load will refuse it.
-                        _ => *slot = None,
-                    }
-                }
-                None
-            }
-            Some(native::Event::End { helper, .. }) => Some(helper),
-        };
-        if let Some(helper) = ended {
-            let state = open.get_mut(helper as usize).and_then(Option::take);
-            if let (Some(state), Some(id)) = (state, reader.id_of(helper)) {
-                kept.insert(id.to_string(), state);
+    while let Some(event) = reader.next_event().map_err(read_error)? {
+        if let native::Event::Begin { id, .. } = event {
+            if !known.contains(id) {
+                return Err(Error::UnknownInStream { id: id.to_string() });
             }
         }
     }
-    Ok((reader.summary(), kept))
+    Ok(reader.summary())
 }
 
 /// First pass over an input read only once: a native stream is spooled.
@@ -167,7 +123,6 @@ pub(crate) fn spooled<R: Read>(
     format: Option<Format>,
     limits: Limits,
     known: &Known,
-    keep: &Keep,
 ) -> Result<Verified, Error> {
     let prefix = read_prefix(&mut input)?;
     let format = format_of(&prefix, format)?;
@@ -181,11 +136,11 @@ pub(crate) fn spooled<R: Read>(
         spool: &mut spool,
         spool_error: None,
     };
-    let passed = first_pass(&mut tee, limits, known, keep);
+    let passed = first_pass(&mut tee, limits, known);
     if let Some(source) = tee.spool_error.take() {
         return Err(spool_error(source));
     }
-    let (summary, kept) = passed?;
+    let summary = passed?;
     spool.seek(SeekFrom::Start(0)).map_err(spool_error)?;
     let contents = summary
         .helpers
@@ -195,7 +150,6 @@ pub(crate) fn spooled<R: Read>(
     Ok(Verified::Native {
         input: Box::new(BufReader::with_capacity(SPOOL_READ_BUFFER_BYTES, spool)),
         contents,
-        kept,
     })
 }
 
@@ -239,8 +193,8 @@ mod tests {
         ["a", "b"].iter().map(|s| s.to_string()).collect()
     }
 
-    fn spool(bytes: &[u8], keep: &Keep) -> Result<Verified, Error> {
-        spooled(bytes, None, Limits::default(), &known(), keep)
+    fn spool(bytes: &[u8]) -> Result<Verified, Error> {
+        spooled(bytes, None, Limits::default(), &known())
     }
 
     fn read_back(v: Verified) -> Vec<u8> {
@@ -257,7 +211,7 @@ mod tests {
     #[test]
     fn spooled_input_is_verified_and_replayed() {
         let bytes = stream();
-        let v = spool(&bytes, &Keep::new()).unwrap();
+        let v = spool(&bytes).unwrap();
         assert_eq!(v.contents(), vec![("a".into(), 3000), ("b".into(), 0)]);
         assert_eq!(read_back(v), bytes);
     }
@@ -267,7 +221,7 @@ mod tests {
         let mut bytes = stream();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(matches!(spool(&bytes, &Keep::new()), Err(Error::Stream(_))));
+        assert!(matches!(spool(&bytes), Err(Error::Stream(_))));
     }
 
     #[test]
@@ -275,7 +229,7 @@ mod tests {
         let mut bytes = native::encode(&[Record::new("zz", vec![1])]).unwrap();
         // Cut after the unknown BEGIN: nothing after it is needed.
         bytes.truncate(native::HEADER_BYTES + 18);
-        let err = spool(&bytes, &Keep::new()).err().unwrap();
+        let err = spool(&bytes).err().unwrap();
         assert!(
             matches!(&err, Error::UnknownInStream { id } if id == "zz"),
             "{err}"
@@ -283,20 +237,10 @@ mod tests {
     }
 
     #[test]
-    fn states_of_plain_helpers_are_kept() {
-        let keep: Keep = ["a".to_string()].into();
-        let Verified::Native { kept, .. } = spool(&stream(), &keep).unwrap() else {
-            panic!("expected native")
-        };
-        assert_eq!(kept.len(), 1);
-        assert_eq!(kept["a"], vec![1; 3000]);
-    }
-
-    #[test]
     fn qemu_payloads_are_decoded() {
         let mut bytes = Vec::new();
         qemu::write(&mut bytes, &[Record::new("a", b"x".to_vec())]).unwrap();
-        let v = spool(&bytes, &Keep::new()).unwrap();
+        let v = spool(&bytes).unwrap();
         assert_eq!(v.format(), Format::Qemu);
         assert_eq!(v.contents(), vec![("a".into(), 1)]);
     }
