@@ -154,14 +154,15 @@ impl Builder {
     ///
     /// A plain `Save` waits until its helper's last saved size (the
     /// largest reply, at most the limit, when none is known) fits, and
-    /// holds the reply's size until it is written. A load collects a plain
-    /// state in memory while it fits beside the others, else in an
-    /// unlinked temporary file (`$TMPDIR`, else `/var/tmp`, which unlike
-    /// `/tmp` is seldom a tmpfs), and each `Load` waits for its state's
-    /// room. A state larger than the limit fails with
+    /// holds the reply's size until it is written. A plain `Load` takes
+    /// three times its state's size (the state and the two copies zbus
+    /// serialises the message into), at most the whole limit: a load
+    /// collects a plain state in memory while that room is free beside the
+    /// others, else in an unlinked temporary file (`$TMPDIR`, else
+    /// `/var/tmp`, which unlike `/tmp` is seldom a tmpfs), and each `Load`
+    /// waits for its room. A state larger than the limit fails with
     /// [`Error::TooLarge`] naming its helper (on load, before any call).
-    /// zbus's own copies of a message while it is built or read come on
-    /// top. Streaming helpers need none of it.
+    /// Streaming helpers need none of it.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
         self.memory_limit = bytes;
         self

@@ -79,16 +79,19 @@
 //!
 //! **Memory.** Plain states are held whole (one D-Bus message each), so
 //! they count against the coordinator's budget
-//! ([`Builder::memory_limit`], shared by every save and load): the
-//! verifying pass collects a plain state in memory while it fits beside
-//! the states held, and writes any other to an unlinked temporary file
-//! (`$TMPDIR`, else `/var/tmp`, seldom a tmpfs, unlike `/tmp`); each plain
-//! `Load` waits until its state's room is free, reads a spilled state
-//! back, and gives the room back when it returns. A plain state larger
-//! than the budget fails the load before any call, naming its helper. A
-//! plain `Save` likewise waits for room before its call (its helper's last
-//! saved size, or the largest reply when none is known, at most the
-//! budget) and holds the reply's size until the writer has written it.
+//! ([`Builder::memory_limit`], shared by every save and load). A plain
+//! `Load` takes three times its state's size (the state and the two
+//! copies zbus serialises the message into), at most the whole budget:
+//! the verifying pass collects a plain state in memory while that room is
+//! free beside the states held, and writes any other to an unlinked
+//! temporary file (`$TMPDIR`, else `/var/tmp`, seldom a tmpfs, unlike
+//! `/tmp`); each plain `Load` waits until its room is free, reads a
+//! spilled state back, and gives the room back when it returns. A plain
+//! state larger than the budget fails the load before any call, naming
+//! its helper. A plain `Save` likewise waits for room before its call
+//! (its helper's last saved size, or the largest reply when none is
+//! known, at most the budget) and holds the reply's size until the writer
+//! has written it.
 //!
 //! # Concurrency
 //!

@@ -14,11 +14,18 @@ use dbus_vmstate::Error;
 
 const MIB: usize = 1 << 20;
 
-/// Four plain helpers of 1 MiB, with a budget of two and a half states.
-async fn four_plain(dir: &std::path::Path) -> (Coordinator, Vec<Arc<Fake>>) {
+/// Room for two plain `Save`s of 1 MiB (a reply each), not three.
+const TWO_SAVES: usize = 5 * MIB / 2;
+
+/// Room for two plain `Load`s of 1 MiB (the state and zbus's two copies
+/// of the message each), not three.
+const TWO_LOADS: usize = 13 * MIB / 2;
+
+/// Four plain helpers of 1 MiB, with a budget of `limit` bytes.
+async fn four_plain(dir: &std::path::Path, limit: usize) -> (Coordinator, Vec<Arc<Fake>>) {
     let ids = ["p0", "p1", "p2", "p3"];
     let c = builder(dir, &ids)
-        .memory_limit((5 * MIB / 2) as u64)
+        .memory_limit(limit as u64)
         .bind()
         .unwrap();
     let fakes: Vec<_> = ids
@@ -67,7 +74,7 @@ fn counts(fakes: &[Arc<Fake>], of: Count) -> Vec<usize> {
 fn plain_saves_wait_for_room_in_the_budget() {
     run(async {
         let dir = tmpdir();
-        let (c, fakes) = four_plain(dir.path()).await;
+        let (c, fakes) = four_plain(dir.path(), TWO_SAVES).await;
         // The first save learns each state's size.
         let (first, _) = c.save(Vec::new()).await.unwrap();
         for f in &fakes {
@@ -94,7 +101,7 @@ fn plain_loads_beyond_the_budget_are_spilled_and_wait_for_room() {
     for seekable in [true, false] {
         run(async {
             let dir = tmpdir();
-            let (c, fakes) = four_plain(dir.path()).await;
+            let (c, fakes) = four_plain(dir.path(), TWO_LOADS).await;
             let (stream, _) = c.save(Vec::new()).await.unwrap();
             let states: Vec<_> = fakes.iter().map(|f| f.data()).collect();
             for f in &fakes {

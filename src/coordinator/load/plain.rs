@@ -2,11 +2,13 @@
 //! the coordinator's [memory budget](crate::coordinator::Builder::memory_limit).
 //!
 //! The verifying pass collects each plain state until the whole stream
-//! has verified. A state that fits in the budget beside the others held
-//! is collected in memory; any other is written to an unlinked temporary
-//! file ([`spill_dir`]) and read back only when its `Load` can take its
-//! room, waiting for it. Either way the state is in memory, and counted,
-//! only from its collection or its read-back until its `Load` returned.
+//! has verified. A state whose room ([`room_for_load`]: the state and the
+//! copies zbus makes of its `Load` message) fits in the budget beside the
+//! others held is collected in memory; any other is written to an
+//! unlinked temporary file ([`spill_dir`]) and read back only when its
+//! `Load` can take its room, waiting for it. Either way the state is in
+//! memory, and counted, only from its collection or its read-back until
+//! its `Load` returned, and nothing that holds room waits for more.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -27,6 +29,17 @@ pub(crate) fn spill_dir() -> PathBuf {
         _ if std::path::Path::new("/var/tmp").is_dir() => PathBuf::from("/var/tmp"),
         _ => std::env::temp_dir(),
     }
+}
+
+/// Copies of a plain state in memory while its `Load` is under way: the
+/// collected state and the two zbus serialises the message into.
+const LOAD_COPIES: u64 = 3;
+
+/// The room a plain state of `size` bytes takes for its `Load`:
+/// [`LOAD_COPIES`] times its size, at most the whole budget (so that a
+/// state that fits the budget at all can always go alone).
+pub(crate) fn room_for_load(size: u64, budget: &Budget) -> u64 {
+    size.saturating_mul(LOAD_COPIES).min(budget.limit())
 }
 
 fn spill_error(source: io::Error) -> Error {
@@ -54,7 +67,11 @@ impl Collect {
     ///
     /// [`Error::Io`] when the temporary file cannot be created.
     pub(crate) fn start(budget: &Arc<Budget>, size: u64) -> Result<Self, Error> {
-        match budget.try_take(size) {
+        let fits = size <= budget.limit();
+        match fits
+            .then(|| budget.try_take(room_for_load(size, budget)))
+            .flatten()
+        {
             Some(permit) => {
                 let data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
                 Ok(Collect::Memory { data, permit })
@@ -97,8 +114,11 @@ impl Collect {
         match self {
             Collect::Memory { data, permit } => Ok((data, permit)),
             Collect::Spilled { mut file, bytes } => {
+                if bytes > budget.limit() {
+                    return Err(over_budget(id, bytes, budget));
+                }
                 let permit = budget
-                    .take(bytes)
+                    .take(room_for_load(bytes, budget))
                     .await
                     .ok_or_else(|| over_budget(id, bytes, budget))?;
                 let data = rt::spawn_blocking(move || {
@@ -132,7 +152,8 @@ mod tests {
 
     #[test]
     fn states_beyond_the_budget_are_spilled_and_read_back() {
-        let budget = Budget::new(10);
+        // Room for one Load of 8 bytes (24) and none of 5 (15) beside it.
+        let budget = Budget::new(30);
         let mut a = Collect::start(&budget, 8).unwrap();
         let mut b = Collect::start(&budget, 5).unwrap();
         assert!(matches!(a, Collect::Memory { .. }));
@@ -141,11 +162,19 @@ mod tests {
         b.push(b"abc").unwrap();
         b.push(b"de").unwrap();
         let (a, held) = futures::executor::block_on(a.into_memory(&budget, "a")).unwrap();
-        assert_eq!(a, b"12345678");
+        assert_eq!((a.as_slice(), held.bytes()), (&b"12345678"[..], 24));
         // b's room is free only once a's is given back.
         drop(held);
         let (b, held) = futures::executor::block_on(b.into_memory(&budget, "b")).unwrap();
-        assert_eq!((b.as_slice(), held.bytes()), (&b"abcde"[..], 5));
+        assert_eq!((b.as_slice(), held.bytes()), (&b"abcde"[..], 15));
+    }
+
+    #[test]
+    fn a_state_that_fits_alone_takes_the_whole_budget() {
+        let budget = Budget::new(10);
+        assert_eq!(room_for_load(4, &budget), 10);
+        let c = Collect::start(&budget, 4).unwrap();
+        assert!(matches!(c, Collect::Memory { .. }));
     }
 
     #[test]
