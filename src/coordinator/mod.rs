@@ -142,7 +142,10 @@
 //!   - a *feeder* per streaming helper during a load, owning the
 //!     coordinator's end of that helper's socket pair: it writes the chunks
 //!     handed to it, holding back the last byte until the whole stream has
-//!     verified ([see](#loading));
+//!     verified ([see](#loading)); for an empty state, which has no last
+//!     byte, a wait for that before its `LoadFd` call;
+//!   - reading a spilled plain state back from its temporary file before
+//!     its `Load`;
 //!   - joining the writer thread, and the sync and rename of
 //!     [`Coordinator::save_to_path`].
 //!
