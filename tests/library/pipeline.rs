@@ -318,3 +318,18 @@ fn a_slow_helper_holds_back_the_reading() {
         c.shutdown().await;
     });
 }
+
+#[test]
+fn a_bad_stream_fails_even_with_no_helper_to_load() {
+    run(async {
+        let dir = tmpdir();
+        // The one helper is optional and never connects.
+        let c = builder(dir.path(), &["o"]).optional("o").bind().unwrap();
+        let mut bytes = native::encode(&[Record::new("o", vec![7; 5000])]).unwrap();
+        // A byte of the chunk's payload: only the verifying pass sees it.
+        bytes[native::HEADER_BYTES + 17 + 12 + 100] ^= 0x01;
+        let err = c.load_seekable(Cursor::new(bytes), None).await.unwrap_err();
+        assert!(err.is_stream(), "{err}");
+        c.shutdown().await;
+    });
+}

@@ -243,8 +243,8 @@ fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (Pass, Vec<In
             }
         }
     }
-    // Read the stream only for states not in memory.
-    let stream = stream.filter(|_| !routes.is_empty());
+    // A native stream is read to its end even with no helper to load, so
+    // that a load never accepts a stream that fails verification.
     let pass = Pass {
         from_memory,
         stream,
