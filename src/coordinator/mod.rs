@@ -163,9 +163,10 @@
 //!   slow helper holds up the others (and the reading) only once its queue
 //!   is full; the finish message, which releases the last byte, is sent
 //!   only after `STREAM_END` verified. To each plain helper: a oneshot
-//!   channel with its whole state (at most one D-Bus message), sent only
-//!   after `STREAM_END` verified, when its `Load` starts; on failure the
-//!   sender is dropped and no `Load` is made.
+//!   channel with its whole state (at most one D-Bus message, in memory or
+//!   spilled, see *Memory* above), sent only after `STREAM_END` verified,
+//!   when its `Load` starts; on failure the sender is dropped and no
+//!   `Load` is made.
 //! - Flags: `stop`, raised by the writer thread when the output fails, which
 //!   makes every reader give up; `cancelled`, raised for one reader when its
 //!   helper's save is given up.
