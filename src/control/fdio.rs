@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +96,15 @@ impl Read for Passed {
                 other => return other,
             }
         }
+    }
+}
+
+/// Seeks a regular file; fails on a pipe or socket (`ESPIPE`), which a
+/// load then reads once.
+impl Seek for Passed {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.cut_off.check()?;
+        self.file.seek(pos)
     }
 }
 

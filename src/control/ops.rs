@@ -15,9 +15,6 @@ use crate::error::Error;
 use crate::rt;
 use crate::stream::{self, qemu, Format, Limits};
 
-/// Buffer between a passed descriptor and the stream reader of a load.
-const LOAD_BUFFER_BYTES: usize = 1 << 20;
-
 fn failed(e: Error) -> Reply {
     Reply::from_coordinator(&e)
 }
@@ -92,9 +89,14 @@ pub(super) async fn load(
         coordinator.wait_connected(timeout).await.map_err(failed)?;
     }
     let cut_off = CutOff::default();
-    let input = io::BufReader::with_capacity(LOAD_BUFFER_BYTES, Passed::new(fd, cut_off.clone()));
+    // Unbuffered: a regular file is indexed and streamed in one pass, a
+    // pipe spooled (see the coordinator's docs on loading).
+    let input = Passed::new(fd, cut_off.clone());
     CutOffOnDrop::new(cut_off, async move {
-        let report = coordinator.load(input, format).await.map_err(failed)?;
+        let report = coordinator
+            .load_seekable(input, format)
+            .await
+            .map_err(failed)?;
         Ok(Report {
             format: report.format,
             stream_bytes: None,

@@ -1,8 +1,10 @@
 //! Configuring a coordinator: the helpers it expects and its limits.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::budget::{Budget, DEFAULT_MEMORY_LIMIT_BYTES};
 use super::{policy, Coordinator};
 use crate::error::Error;
 use crate::iface;
@@ -32,6 +34,8 @@ pub(crate) struct Config {
     pub socket_owner: Option<(u32, Option<u32>)>,
     /// QEMU's front door socket.
     pub qemu_socket: Option<PathBuf>,
+    /// The memory budget of plain states, shared by every save and load.
+    pub budget: Arc<Budget>,
 }
 
 /// Configures and binds a [`Coordinator`].
@@ -46,6 +50,7 @@ pub struct Builder {
     max_blob_bytes: u64,
     socket_owner: Option<(u32, Option<u32>)>,
     qemu_socket: Option<PathBuf>,
+    memory_limit: u64,
 }
 
 impl Default for Builder {
@@ -67,6 +72,7 @@ impl Builder {
             max_blob_bytes: iface::DEFAULT_MAX_STATE_BYTES,
             socket_owner: None,
             qemu_socket: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT_BYTES,
         }
     }
 
@@ -155,6 +161,28 @@ impl Builder {
         self
     }
 
+    /// The most memory the states of plain helpers (those without the
+    /// streaming extension, whose state travels in one D-Bus message) may
+    /// hold at once, over every save and load of this coordinator
+    /// (default [`DEFAULT_MEMORY_LIMIT_BYTES`](super::DEFAULT_MEMORY_LIMIT_BYTES),
+    /// 256 MiB).
+    ///
+    /// A plain `Save` waits until its helper's last saved size (the
+    /// largest reply, at most the limit, when none is known) fits, and
+    /// holds the reply's size until it is written. A plain `Load` takes
+    /// three times its state's size (the state and the two copies zbus
+    /// serialises the message into), at most the whole limit: a load
+    /// collects a plain state in memory while that room is free beside the
+    /// others, else in an unlinked temporary file (`$TMPDIR`, else
+    /// `/var/tmp`, which unlike `/tmp` is seldom a tmpfs), and each `Load`
+    /// waits for its room. A state larger than the limit fails with
+    /// [`Error::TooLarge`] naming its helper (on load, before any call).
+    /// Streaming helpers need none of it.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
     /// Checks the configuration, binds every socket and starts accepting
     /// helpers. Must be called within an async runtime context or from a
     /// thread where spawning is allowed (any thread with async-std).
@@ -225,6 +253,7 @@ impl Builder {
             max_blob_bytes,
             socket_owner,
             qemu_socket,
+            memory_limit,
         } = self;
         policy::check_helpers(&helpers)?;
         if let Some(qemu) = &qemu_socket {
@@ -264,6 +293,7 @@ impl Builder {
             max_blob_bytes,
             socket_owner,
             qemu_socket,
+            budget: Budget::new(memory_limit),
         })
     }
 }

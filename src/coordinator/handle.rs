@@ -216,17 +216,18 @@ impl Coordinator {
 
     /// Loads a state stream from `input` into the helpers.
     ///
-    /// The whole stream is read and verified first: its format, every
-    /// checksum, every required helper present, no unknown or duplicate Id,
-    /// every helper without the streaming extension within one D-Bus
-    /// message. Only then is any helper loaded, all of them at once. A
-    /// stream that fails verification calls no `Load` at all. `format`
-    /// `None` detects the format from the first bytes.
+    /// No helper completes a load from a stream that fails verification:
+    /// its format, every checksum, every required helper present, no
+    /// unknown or duplicate Id, every helper without the streaming
+    /// extension within one D-Bus message. All helpers load at once.
+    /// `format` `None` detects the format from the first bytes.
     ///
-    /// `input` is read once, so a native stream is spooled for its second
-    /// pass (memory, then a temporary file); see [Loading](crate::coordinator#loading)
-    /// for the two passes and [`Coordinator::load_seekable`] for an input
-    /// read twice instead.
+    /// `input` is read once, and a native stream announces its states'
+    /// sizes only after their bytes, so it is verified while it is spooled
+    /// (memory, then a temporary file), and a stream that fails calls no
+    /// `Load` at all; then the spool is streamed to the helpers. See
+    /// [Loading](crate::coordinator#loading), and
+    /// [`Coordinator::load_seekable`] for an input streamed as it is read.
     ///
     /// # Errors
     ///
@@ -248,15 +249,20 @@ impl Coordinator {
     }
 
     /// Loads a state stream from a seekable `input` (see
-    /// [`Coordinator::load`]): a native stream is read twice from its
-    /// current position, verified and then streamed, with nothing spooled.
-    /// An input that turns out not to seek (a pipe behind a `File`) is
-    /// spooled as [`Coordinator::load`] does. The input must not change
-    /// during the load.
+    /// [`Coordinator::load`]): a native stream is indexed from its current
+    /// position (its record headers, seeking over the chunks' payloads),
+    /// then read once, each state streaming to its helper as it is
+    /// verified, with nothing spooled; no helper completes its load before
+    /// the whole stream has verified. An input that turns out not to seek
+    /// (a pipe behind a `File`) is spooled as [`Coordinator::load`] does.
+    /// An input that changes during the load fails it.
     ///
     /// # Errors
     ///
-    /// As [`Coordinator::load`].
+    /// As [`Coordinator::load`], except that what only the verifying pass
+    /// sees (a chunk's checksum, a state's checksum, `STREAM_END`) fails
+    /// the load after the streaming helpers' `LoadFd` calls, which it
+    /// aborts: each of those helpers keeps its old state.
     pub async fn load_seekable<R>(
         &self,
         input: R,
@@ -271,7 +277,7 @@ impl Coordinator {
 
     /// Loads the state stream in the file at `path` (see
     /// [`Coordinator::load`] and [`Coordinator::load_seekable`]: a regular
-    /// file is read twice, a FIFO is spooled).
+    /// file is indexed and streamed, a FIFO is spooled).
     ///
     /// # Errors
     ///
@@ -288,10 +294,9 @@ impl Coordinator {
             path: Some(path.to_path_buf()),
             source: e,
         })?;
-        // Small enough that a chunk's payload is mostly read straight into
-        // the stream reader's buffer rather than copied through this one.
-        self.load_seekable(std::io::BufReader::with_capacity(64 << 10, file), format)
-            .await
+        // Unbuffered: the index seeks over every chunk, and the verifying
+        // pass reads each payload straight into the stream reader's buffer.
+        self.load_seekable(file, format).await
     }
 
     /// Waits for the right to run a save or load: one runs at a time,

@@ -28,36 +28,70 @@
 //!
 //! # Loading
 //!
-//! A load verifies the whole stream before it calls any helper, and yet
-//! does not hold the states in memory. That takes two passes over a native
-//! stream:
+//! No helper completes a load from a stream that fails verification (the
+//! format, every checksum, `STREAM_END`, every required helper present,
+//! no unknown or duplicate Id, every state of a helper without
+//! `org.dbusvmstate.Stream1` within one D-Bus message), and yet the
+//! states are not held in memory: one *verifying pass* reads the stream
+//! and hands each streaming helper its chunks as they are checked,
+//! through `LoadFd`, all helpers at once, while it collects each plain
+//! helper's state for one `Load` message. What completes a load is held
+//! back until the pass has verified the whole stream:
 //!
-//! 1. The *first pass* reads and verifies everything: the format, every
-//!    checksum, every required helper present, no unknown or duplicate Id,
-//!    every state of a helper without `org.dbusvmstate.Stream1` within one
-//!    D-Bus message. It keeps a summary (each state's Id and size), and the
-//!    states of the helpers known to take the plain path, which go into one
-//!    `Load` message anyway. A stream that fails here calls no `Load` at
-//!    all.
-//! 2. The *second pass* reads the stream again and hands each helper its
-//!    state as it comes, all helpers at once: chunk by chunk through
-//!    `LoadFd` to a streaming helper, collected into one `Load` message for
-//!    a plain one. It checks every record again.
+//! - each streaming helper's **last byte**: a helper completes only on
+//!   end-of-file after exactly the size announced in `LoadFd`, so a load
+//!   the coordinator aborts always ends short (`protocol/README.md`,
+//!   `LoadFd`);
+//! - each plain helper's `Load` call, made only then.
 //!
-//! Where the second pass reads from depends on the input. A seekable input
-//! ([`Coordinator::load_seekable`], [`Coordinator::load_from_path`] on a
-//! regular file) is read twice from its current position, and nothing is
-//! spooled. Any other input ([`Coordinator::load`], a pipe, a FIFO) is
-//! copied to a spool while the first pass reads it: memory up to 8 MiB,
-//! then an unlinked temporary file in `$TMPDIR`; the second pass reads the
-//! spool. A QEMU payload (at most 1 MiB per helper) is decoded into memory
-//! by the first pass and needs no second.
+//! On any failure (a bad record, an input that ends or fails, a state of
+//! another size than announced) every streaming helper's socket closes a
+//! byte short, no plain `Load` is made, and each helper keeps its old
+//! state. A helper's own failure (its `Load` fails) does not stop the
+//! others.
 //!
-//! Each streaming helper's last byte is held back until the second pass
-//! has verified that state's `END` record again. Should the input differ
-//! from what the first pass saw, the load fails and the helper's socket is
-//! closed a byte short, so that it never sees a complete state it should
-//! not load.
+//! `LoadFd` must be told a state's size before its first byte, and a
+//! native stream tells it only in the state's `END` record, after its
+//! chunks. So the input decides the path:
+//!
+//! - A *seekable* input ([`Coordinator::load_seekable`],
+//!   [`Coordinator::load_from_path`] on a regular file, a regular file
+//!   passed to the control interface) is first *indexed*: its record
+//!   headers and its small `BEGIN` and `END` records are read, seeking
+//!   over every chunk's payload (12 bytes read per MiB of state), which
+//!   gives every Id and size and fails at once on an unknown Id, a
+//!   duplicate, a broken `BEGIN` or `END` record or a truncated stream,
+//!   before any helper is called. Then the verifying pass reads the input
+//!   once, from where it stood, and nothing is spooled. Loading overlaps
+//!   the reading, and a slow helper holds the reading back once its queue
+//!   is full.
+//! - Any other input ([`Coordinator::load`], a pipe, a FIFO, a socket) is
+//!   verified while it is copied to a spool: memory up to 8 MiB, then an
+//!   unlinked temporary file in `$TMPDIR`. It stops at the first unknown
+//!   Id, and a stream that fails here calls no `Load` at all. Then the
+//!   verifying pass reads the spool as it would a seekable input. A pipe
+//!   is thus read ahead of the helpers whatever their speed, and its
+//!   streaming states pass through the spool: pipelining them would need
+//!   their sizes up front, which neither the stream format nor `LoadFd`
+//!   version 1 provides.
+//! - A QEMU payload (at most 1 MiB per helper) is decoded and verified
+//!   into memory, then loaded.
+//!
+//! **Memory.** Plain states are held whole (one D-Bus message each), so
+//! they count against the coordinator's budget
+//! ([`Builder::memory_limit`], shared by every save and load). A plain
+//! `Load` takes three times its state's size (the state and the two
+//! copies zbus serialises the message into), at most the whole budget:
+//! the verifying pass collects a plain state in memory while that room is
+//! free beside the states held, and writes any other to an unlinked
+//! temporary file (`$TMPDIR`, else `/var/tmp`, seldom a tmpfs, unlike
+//! `/tmp`); each plain `Load` waits until its room is free, reads a
+//! spilled state back, and gives the room back when it returns. A plain
+//! state larger than the budget fails the load before any call, naming
+//! its helper. A plain `Save` likewise waits for room before its call
+//! (its helper's last saved size, or the largest reply when none is
+//! known, at most the budget) and holds the reply's size until the writer
+//! has written it.
 //!
 //! # QEMU
 //!
@@ -132,12 +166,17 @@
 //!   - a *reader* per streaming helper during a save, owning the
 //!     coordinator's end of that helper's socket pair: it fills pool
 //!     buffers from it and sends them to the writer;
-//!   - a load's *first pass*, owning the input and the spool;
-//!   - a load's *second pass*, owning the input (or spool) again and the
+//!   - a load's *index* of a seekable input, or *first read* of another
+//!     into its spool, owning the input (and the spool);
+//!   - a load's *verifying pass*, owning the input (or spool) again and the
 //!     sending side of every helper's route;
 //!   - a *feeder* per streaming helper during a load, owning the
 //!     coordinator's end of that helper's socket pair: it writes the chunks
-//!     handed to it, holding back the last byte ([see](#loading));
+//!     handed to it, holding back the last byte until the whole stream has
+//!     verified ([see](#loading)); for an empty state, which has no last
+//!     byte, a wait for that before its `LoadFd` call;
+//!   - reading a spilled plain state back from its temporary file before
+//!     its `Load`;
 //!   - joining the writer thread, and the sync and rename of
 //!     [`Coordinator::save_to_path`].
 //!
@@ -150,14 +189,22 @@
 //!   (`stream::native::CHUNK_BYTES`), so a reader waits for a buffer while
 //!   the writer is behind; a plain reply is one per plain helper, at most
 //!   one D-Bus message.
-//! - Load, the second pass to each feeder: a `sync_channel` of 4 chunks,
-//!   from a pool of 5 buffers per streaming helper plus 1, so a slow helper
-//!   holds up the others only once its queue is full. To each plain helper:
-//!   a oneshot channel with its whole state (at most one D-Bus message),
-//!   sent at its `END`, when its `Load` starts.
+//! - Load, the verifying pass to each feeder: a `sync_channel` of 4
+//!   chunks, from a pool of 5 buffers per streaming helper plus 1, so a
+//!   slow helper holds up the others (and the reading) only once its queue
+//!   is full; the finish message, which releases the last byte, is sent
+//!   only after `STREAM_END` verified. To each plain helper: a oneshot
+//!   channel with its whole state (at most one D-Bus message, in memory or
+//!   spilled, see *Memory* above), sent only after `STREAM_END` verified,
+//!   when its `Load` starts; on failure the sender is dropped and no
+//!   `Load` is made.
 //! - Flags: `stop`, raised by the writer thread when the output fails, which
 //!   makes every reader give up; `cancelled`, raised for one reader when its
 //!   helper's save is given up.
+//! - The memory budget of plain states: a counter under a mutex held for
+//!   single updates, and an event that wakes every save or load waiting
+//!   for room whenever room is given back (a reply written, a `Load`
+//!   returned, a state dropped with its failed load).
 //! - Each helper's slot (its connection and last transfers) is a mutex held
 //!   for single assignments only; an event wakes whoever waits for helpers
 //!   whenever one connects or disconnects, and on shutdown.
@@ -171,9 +218,10 @@
 //!   stops without writing the end record, so the partial stream is
 //!   rejected by every reader.
 //! - *A load future dropped:* no further `Load` is made, but the passes
-//!   and feeders already running are blocking work that goes on: a second
-//!   pass under way reads to its end, and a streaming helper already called
-//!   receives its whole state, and its last byte once its `END` verifies.
+//!   and feeders already running are blocking work that goes on: a
+//!   verifying pass under way reads to its end, and a streaming helper
+//!   already called receives its whole state, and its last byte once the
+//!   whole stream verified.
 //! - *A call timing out* (for a streaming helper the call timeout covers
 //!   the whole transfer): the helper fails with
 //!   [`Error::Timeout`](crate::Error::Timeout), and a streaming helper's
@@ -187,7 +235,7 @@
 //!   [`Error::Call`](crate::Error::Call), at the latest the call timeout).
 //!   A streaming helper's socket pair closes with it: its reader sees the
 //!   end of its data, its feeder a failed write, after which the feeder
-//!   drains its queue so the second pass never waits for it.
+//!   drains its queue so the verifying pass never waits for it.
 //! - *[`Coordinator::shutdown`]:* aborts the accept tasks, takes every
 //!   connection out of its slot and closes it (calls in flight fail as
 //!   above), then removes the socket files. Admit tasks still in a
@@ -202,11 +250,12 @@
 //!   or load), which answers its caller through a oneshot channel.
 //!   [`Server::shutdown`](crate::control::Server::shutdown) cancels that
 //!   task (a dropped save or load future, as above; the passed descriptor
-//!   is cut off too, which stops a save's output and a load's first pass,
-//!   though not the second pass over its spool), closes the control
+//!   is cut off too, which stops a save's output and a load reading it,
+//!   though not a verifying pass over a spool), closes the control
 //!   connections and then calls [`Coordinator::shutdown`].
 
 mod accept;
+mod budget;
 mod builder;
 mod bus_shim;
 mod call;
@@ -222,6 +271,7 @@ mod shared;
 pub(crate) mod socket;
 mod transfer;
 
+pub use budget::DEFAULT_MEMORY_LIMIT_BYTES;
 pub use builder::{Builder, HelperSpec};
 pub use handle::Coordinator;
 pub use report::{

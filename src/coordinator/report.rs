@@ -85,8 +85,9 @@ pub struct LoadReport {
     pub skipped: Vec<Skipped>,
     /// From the first `Load` call to the last reply.
     pub duration: Duration,
-    /// The first pass: reading and verifying the whole stream, before any
-    /// `Load`.
+    /// What came before any `Load`: indexing a seekable input, or reading
+    /// and verifying any other into its spool (see [the coordinator's
+    /// docs](crate::coordinator#loading)).
     pub verification: Duration,
 }
 

@@ -172,6 +172,7 @@ mod tests {
             max_blob_bytes: 0,
             socket_owner: None,
             qemu_socket: None,
+            budget: crate::coordinator::budget::Budget::new(0),
         })
     }
 

@@ -6,6 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod budget;
 mod bus;
 mod control;
 mod executors;
@@ -13,6 +14,7 @@ mod faults;
 mod hostile;
 mod introspection;
 mod io_faults;
+mod pipeline;
 mod qemu_compat;
 mod qemu_door;
 mod roundtrip;

@@ -190,6 +190,11 @@ pub struct ServeArgs {
     /// seconds (a client's --timeout overrides it).
     #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "SECONDS")]
     pub connect_timeout: Duration,
+    /// The most memory the states of plain helpers (those without the
+    /// streaming extension) may hold at once (bytes; K, M, G suffixes are
+    /// powers of 1024); a load keeps the rest in a temporary file.
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "BYTES")]
+    pub memory_limit: u64,
 }
 
 /// `save` arguments.

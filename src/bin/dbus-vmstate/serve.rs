@@ -133,7 +133,8 @@ fn builder(args: &ServeArgs) -> coordinator::Builder {
     let mut builder = coordinator::Builder::new()
         .socket_dir(&args.socket_dir, args.id_list.iter().cloned())
         .call_timeout(args.timeout)
-        .connect_timeout(args.connect_timeout);
+        .connect_timeout(args.connect_timeout)
+        .memory_limit(args.memory_limit);
     for id in &args.optional {
         builder = builder.optional(id.clone());
     }

@@ -1,20 +1,32 @@
-//! The second pass of a load: read the verified stream again and hand
-//! each helper's state to where it goes, chunk by chunk.
+//! The verifying pass of a load: read the stream once, check every record
+//! and hand each helper's state to where it goes as it comes, holding back
+//! what would complete a load until the whole stream has verified.
 //!
-//! A streaming helper's chunks go to its feeder through a short bounded
-//! queue ([`FEED_QUEUE_CHUNKS`]), so memory stays flat and a slow helper
-//! holds up the others only once its queue is full. A plain helper's
-//! chunks are collected (its state fits in one D-Bus message, which was
-//! checked) and handed over whole at its `END`, when its `Load` starts.
+//! A streaming helper's chunks go to its feeder at once, through a short
+//! bounded queue ([`FEED_QUEUE_CHUNKS`]), so memory stays flat, a slow
+//! helper holds up the reading (and the others) only once its queue is
+//! full, and loading overlaps the reading. A plain helper's chunks are
+//! collected (its state fits in one D-Bus message, which was checked), in
+//! memory within the coordinator's budget, else in a temporary file
+//! ([`plain`](super::plain)).
+//! Only once `STREAM_END` has verified, with every helper announced in
+//! the stream's contents present at its announced size, are the routes
+//! finished ([`Route::finish`]): each feeder sends its state's last byte,
+//! each plain helper gets its `Load`. On any error the routes are dropped
+//! unfinished, every feeder closes its helper's socket a byte short, and
+//! no plain `Load` is made ([the rule](crate::coordinator#loading)).
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 
 use futures::channel::oneshot;
 
 use super::feed::Feed;
-use super::verify::read_error;
+use super::plain::Collect;
+use super::verify::{read_error, Contents};
+use crate::coordinator::budget::Budget;
 use crate::coordinator::transfer::pool::Pool;
 use crate::error::Error;
 use crate::stream::{self, native, Limits, Record};
@@ -27,16 +39,21 @@ pub(crate) const FEED_QUEUE_CHUNKS: usize = 4;
 pub(crate) enum Route {
     /// To a streaming helper's feeder.
     Stream(SyncSender<Feed>),
-    /// Collected, then handed to a plain helper's `Load`.
+    /// Collected (from the state's `BEGIN` on), then handed to a plain
+    /// helper's `Load`.
     Plain {
-        tx: oneshot::Sender<Vec<u8>>,
-        data: Vec<u8>,
+        tx: oneshot::Sender<Collect>,
+        data: Option<Collect>,
     },
 }
 
 impl Route {
     /// Hands over the next bytes of the state.
-    fn chunk(&mut self, data: &[u8], pool: &Pool) {
+    ///
+    /// # Errors
+    ///
+    /// A plain state's temporary file failing.
+    fn chunk(&mut self, data: &[u8], pool: &Pool) -> Result<(), Error> {
         match self {
             Route::Stream(tx) => {
                 for piece in data.chunks(pool.capacity().max(1)) {
@@ -52,19 +69,26 @@ impl Route {
                 }
             }
             Route::Plain {
-                data: collected, ..
-            } => collected.extend_from_slice(data),
+                data: Some(collected),
+                ..
+            } => collected.push(data)?,
+            Route::Plain { data: None, .. } => {}
         }
+        Ok(())
     }
 
-    /// The state is complete and verified.
+    /// The whole stream verified: the state may complete its load.
     fn finish(self) {
         match self {
             Route::Stream(tx) => {
                 let _ = tx.send(Feed::Finish);
             }
             // The receiver is gone only if its load was given up.
-            Route::Plain { tx, data } => drop(tx.send(data)),
+            Route::Plain { tx, data } => {
+                if let Some(data) = data {
+                    drop(tx.send(data));
+                }
+            }
         }
     }
 }
@@ -72,55 +96,64 @@ impl Route {
 /// Routes keyed by helper Id; a helper without a route is not loaded.
 pub(crate) type Routes = HashMap<String, Route>;
 
-/// What the second pass hands over: states already in memory, and the
-/// verified stream to read again (with its first pass's summary) for the
-/// routes of the others.
-pub(crate) struct SecondPass {
+/// What the verifying pass hands over: states already in memory, and the
+/// stream to read (with each helper's Id and size, as announced before
+/// any call) for the routes of the others.
+pub(crate) struct Pass {
     pub from_memory: Vec<(Record, Route)>,
-    pub again: Option<(Box<dyn Read + Send>, native::Summary)>,
+    pub stream: Option<(Box<dyn Read + Send>, Contents)>,
     pub routes: Routes,
+    /// The budget the plain states are collected within.
+    pub budget: Arc<Budget>,
 }
 
-impl SecondPass {
-    /// Runs the second pass (a blocking read).
+impl Pass {
+    /// Runs the pass (a blocking read).
     ///
     /// # Errors
     ///
     /// As [`native()`].
     pub(crate) fn run(self, limits: Limits, pool: &Pool) -> Result<(), Error> {
-        from_memory(self.from_memory, pool);
-        match self.again {
-            Some((input, summary)) => native(input, limits, &summary, self.routes, pool),
+        from_memory(self.from_memory, pool)?;
+        match self.stream {
+            Some((input, contents)) => {
+                native(input, limits, &contents, self.routes, pool, &self.budget)
+            }
             None => Ok(()),
         }
     }
 }
 
-/// An error for a stream that differs from its first pass.
+/// An error for a stream that differs from the contents announced.
 fn changed(offset: u64, id: Option<&str>, what: &str) -> Error {
     Error::Stream(stream::Error::Corrupt {
         offset,
-        reason: format!("the input changed since it was verified: {what}"),
+        reason: format!("the input changed since it was indexed: {what}"),
         id: id.map(str::to_string),
     })
 }
 
-/// Second pass over a native stream whose first pass gave `summary`.
+/// The verifying pass over a native stream announced as `contents` (each
+/// helper's Id and size, in stream order).
 ///
 /// # Errors
 ///
-/// A read or verification error, or a difference from the first pass.
-/// Routes not finished by then are dropped, which aborts their helpers.
+/// A read or verification error, or a difference from `contents`. The
+/// routes are then dropped unfinished, which aborts their helpers.
 pub(crate) fn native(
     input: Box<dyn Read + Send>,
     limits: Limits,
-    summary: &native::Summary,
+    contents: &[(String, u64)],
     mut routes: Routes,
     pool: &Pool,
+    budget: &Arc<Budget>,
 ) -> Result<(), Error> {
     let mut reader = native::Reader::new(input, limits).map_err(read_error)?;
-    // Routes by helper index, as the stream numbers them.
-    let mut open: Vec<Option<Route>> = Vec::with_capacity(summary.helpers.len());
+    // By helper index, as the stream numbers them: the route and the
+    // bytes handed over so far.
+    let mut open: Vec<(Option<Route>, u64)> = Vec::with_capacity(contents.len());
+    // States complete and verified, waiting for the whole stream.
+    let mut complete: Vec<Route> = Vec::with_capacity(contents.len());
     loop {
         let offset = reader.offset();
         let Some(event) = reader.next_event().map_err(read_error)? else {
@@ -128,53 +161,64 @@ pub(crate) fn native(
         };
         match event {
             native::Event::Begin { helper, id } => {
-                let first = summary.helpers.get(helper as usize);
-                if first.map(|h| h.id.as_str()) != Some(id) {
+                let announced = contents.get(helper as usize);
+                if announced.map(|(a, _)| a.as_str()) != Some(id) {
                     return Err(changed(offset, Some(id), "a different helper begins here"));
                 }
                 let mut route = routes.remove(id);
-                if let (Some(Route::Plain { data, .. }), Some(h)) = (&mut route, first) {
-                    data.reserve_exact(usize::try_from(h.bytes).unwrap_or(0));
+                if let (Some(Route::Plain { data, .. }), Some((_, size))) = (&mut route, announced)
+                {
+                    *data = Some(Collect::start(budget, *size)?);
                 }
-                open.push(route);
+                open.push((route, 0));
             }
             native::Event::Chunk { helper, data } => {
-                if let Some(Some(route)) = open.get_mut(helper as usize) {
-                    route.chunk(data, pool);
+                let index = helper as usize;
+                if let (Some((route, sent)), Some((id, size))) =
+                    (open.get_mut(index), contents.get(index))
+                {
+                    *sent += data.len() as u64;
+                    if *sent > *size {
+                        return Err(changed(offset, Some(id), "its state is larger"));
+                    }
+                    if let Some(route) = route {
+                        route.chunk(data, pool)?;
+                    }
                 }
             }
             native::Event::End { helper, bytes } => {
                 let index = helper as usize;
-                if let Some(first) = summary.helpers.get(index) {
-                    if first.bytes != bytes {
-                        return Err(changed(
-                            offset,
-                            Some(&first.id),
-                            "its state has another size",
-                        ));
+                if let Some((id, size)) = contents.get(index) {
+                    if *size != bytes {
+                        return Err(changed(offset, Some(id), "its state has another size"));
                     }
                 }
-                if let Some(route) = open.get_mut(index).and_then(Option::take) {
-                    route.finish();
+                if let Some(route) = open.get_mut(index).and_then(|(r, _)| r.take()) {
+                    complete.push(route);
                 }
             }
         }
     }
-    if open.len() != summary.helpers.len() {
+    if open.len() != contents.len() {
         return Err(changed(
             reader.offset(),
             None,
             "it holds another number of helpers",
         ));
     }
+    // The whole stream verified: every held-back load may complete.
+    for route in complete {
+        route.finish();
+    }
     Ok(())
 }
 
-/// Feeds states already in memory (a decoded QEMU payload) to their
-/// streaming helpers.
-fn from_memory(states: Vec<(Record, Route)>, pool: &Pool) {
+/// Feeds states already in memory and verified (a decoded QEMU payload)
+/// to their streaming helpers.
+fn from_memory(states: Vec<(Record, Route)>, pool: &Pool) -> Result<(), Error> {
     for (record, mut route) in states {
-        route.chunk(&record.data, pool);
+        route.chunk(&record.data, pool)?;
         route.finish();
     }
+    Ok(())
 }

@@ -1,12 +1,12 @@
 //! One helper's streamed load: `LoadFd` with one end of a socket pair,
-//! while a feeder thread writes the state into the other end as the second
-//! pass hands it over.
+//! while a feeder thread writes the state into the other end as the
+//! verifying pass hands it over.
 //!
-//! The feeder holds back the state's last byte until the second pass has
-//! verified the state's `END` record ([`Feed::Finish`]), then shuts down
-//! its end. If the pass fails first, the socket closes a byte short, so
-//! the helper never sees a complete state it should not load ([the
-//! rule](crate::coordinator#loading)).
+//! The feeder holds back the state's last byte until the verifying pass
+//! has verified the whole stream ([`Feed::Finish`]), then sends it and
+//! shuts down its end. If the pass fails first, the socket closes a byte
+//! short, so the helper never sees a complete state it should not load
+//! ([the rule](crate::coordinator#loading)).
 
 use std::os::fd::AsFd;
 use std::sync::mpsc::Receiver;
@@ -23,12 +23,12 @@ use crate::error::{Call, Error};
 use crate::iface;
 use crate::rt;
 
-/// What the second pass hands a feeder.
+/// What the verifying pass hands a feeder.
 #[derive(Debug)]
 pub(crate) enum Feed {
     /// The next bytes of the state (a pool buffer).
     Data(Vec<u8>),
-    /// The state's `END` verified: send the rest and end the stream.
+    /// The whole stream verified: send the last byte and end the state.
     Finish,
 }
 
@@ -39,15 +39,15 @@ enum Fed {
     Done,
     /// Writing failed after this many bytes (the helper closed its end).
     Failed(std::io::Error, u64),
-    /// The second pass stopped before the state was complete.
+    /// The verifying pass stopped before the whole stream verified.
     Aborted(u64),
-    /// The second pass handed over more than the announced size.
+    /// The verifying pass handed over more than the announced size.
     Overrun,
 }
 
 /// Loads the helper in slot `index` through `LoadFd`, with the `size`
 /// bytes that arrive on `feed`. Consumes `feed` to its end whatever
-/// happens, so the second pass never waits on a failed helper.
+/// happens, so the verifying pass never waits on a failed helper.
 pub(crate) async fn load(
     inner: &Inner,
     index: usize,
@@ -57,6 +57,15 @@ pub(crate) async fn load(
     pool: Arc<Pool>,
 ) -> Result<Transfer, Error> {
     let call = HelperCall::new(inner, index, Call::Load);
+    // An empty state has no last byte to hold back: its call waits for the
+    // whole stream instead.
+    let feed = match size {
+        0 => match committed(feed).await {
+            Some(feed) => feed,
+            None => return Err(call.transfer("not called: the stream failed verification", None)),
+        },
+        _ => feed,
+    };
     let pair = Pair::new().and_then(|p| Ok((p.ours.try_clone()?, p)));
     let (control, Pair { ours, theirs }) = match pair {
         Ok(pair) => pair,
@@ -89,17 +98,29 @@ pub(crate) async fn load(
     })
 }
 
+/// Waits until the verifying pass finishes an empty state (the whole
+/// stream verified); then a feed that finishes at once, or `None` when
+/// the pass failed.
+async fn committed(feed: Receiver<Feed>) -> Option<Receiver<Feed>> {
+    let finished = rt::spawn_blocking(move || matches!(feed.recv(), Ok(Feed::Finish))).await;
+    finished.then(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let _ = tx.send(Feed::Finish);
+        rx
+    })
+}
+
 /// The outcome of the call and the feeding together.
 fn judge(call: &HelperCall<'_>, size: u64, reply: zbus::Result<()>, fed: Fed) -> Result<(), Error> {
     match (reply, fed) {
         (Ok(()), Fed::Done) => Ok(()),
         // The helper's error is a consequence; the stream's is reported.
         (_, Fed::Aborted(sent)) => Err(call.transfer(
-            format!("aborted after {sent} of {size} bytes: the stream failed its second pass"),
+            format!("aborted after {sent} of {size} bytes: the stream failed verification"),
             None,
         )),
         (_, Fed::Overrun) => Err(call.transfer(
-            format!("the stream's second pass held more than the {size} bytes verified"),
+            format!("the stream held more than the {size} bytes announced"),
             None,
         )),
         (Err(source), _) => Err(call.failed(source)),

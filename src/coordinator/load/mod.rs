@@ -1,17 +1,23 @@
-//! Load: verify the whole stream, then load every helper at once, each
-//! state streamed from a second pass over the input, as [the coordinator's
-//! docs](crate::coordinator#loading) describe.
+//! Load: learn each state's size, then load every helper at once while
+//! one pass verifies the stream, completing no load before all of it has
+//! verified, as [the coordinator's docs](crate::coordinator#loading)
+//! describe.
 //!
-//! The first pass ([`verify`]) checks everything and keeps a summary;
-//! only then is any helper called. The second pass ([`dispatch`]) reads
-//! the stream again and hands each helper's chunks to a feeder thread
-//! writing into its socket ([`feed`], streaming helpers) or collects them
-//! for one `Load` message (plain helpers).
+//! The sizes come from the index of a seekable input ([`index`]) or from
+//! verifying a spooled one ([`verify`]); only then is any helper called.
+//! The verifying pass ([`dispatch`]) reads the stream and hands each
+//! helper's chunks to a feeder thread writing into its socket ([`feed`],
+//! streaming helpers) or collects them for one `Load` message (plain
+//! helpers, within the memory budget: [`plain`]), and lets them complete
+//! at `STREAM_END`.
 
 mod dispatch;
 mod feed;
+mod index;
+mod plain;
 mod verify;
 
+use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -28,8 +34,10 @@ use crate::error::{Call, Error};
 use crate::iface;
 use crate::rt;
 use crate::stream::{native, Format, Limits, Record};
-use dispatch::{Route, Routes, SecondPass, FEED_QUEUE_CHUNKS};
-use verify::{Keep, Verified};
+use dispatch::{Pass, Route, Routes, FEED_QUEUE_CHUNKS};
+use index::Known;
+use plain::Collect;
+use verify::Verified;
 
 fn limits(inner: &Inner) -> Limits {
     Limits {
@@ -46,10 +54,10 @@ pub(super) async fn load<R>(
 where
     R: Read + Send + 'static,
 {
-    let (limits, keep) = (limits(inner), plain_now(inner).await);
+    let (limits, known) = (limits(inner), known(inner));
     let started = Instant::now();
     let verified =
-        rt::spawn_blocking(move || verify::spooled(input, format, limits, &keep)).await?;
+        rt::spawn_blocking(move || verify::spooled(input, format, limits, &known)).await?;
     run(inner, verified, started.elapsed()).await
 }
 
@@ -61,23 +69,16 @@ pub(super) async fn load_seekable<R>(
 where
     R: Read + Seek + Send + 'static,
 {
-    let (limits, keep) = (limits(inner), plain_now(inner).await);
+    let (limits, known) = (limits(inner), known(inner));
     let started = Instant::now();
     let verified =
-        rt::spawn_blocking(move || verify::seekable(input, format, limits, &keep)).await?;
+        rt::spawn_blocking(move || index::seekable(input, format, limits, &known)).await?;
     run(inner, verified, started.elapsed()).await
 }
 
-/// The Ids of the helpers connected now that take the plain path, whose
-/// states the first pass can keep. Calls nothing but (at most once per
-/// connection) `Introspect`.
-async fn plain_now(inner: &Inner) -> Keep {
-    let (participants, _) = round::participants(inner, 0..inner.slots.len()).await;
-    participants
-        .iter()
-        .filter(|p| p.mode == Mode::Plain)
-        .map(|p| inner.slots[p.slot].spec.id.clone())
-        .collect()
+/// The Ids of every configured helper.
+fn known(inner: &Inner) -> Known {
+    inner.slots.iter().map(|s| s.spec.id.clone()).collect()
 }
 
 /// One helper to load.
@@ -90,16 +91,17 @@ struct Target {
 
 /// A target's state, on its way.
 enum Incoming {
-    /// Fed by the second pass to a streaming helper.
+    /// Fed by the verifying pass to a streaming helper.
     Stream(mpsc::Receiver<feed::Feed>),
-    /// Collected by the second pass for a plain helper.
-    Plain(oneshot::Receiver<Vec<u8>>),
-    /// In memory already (kept by the first pass, or decoded).
+    /// Collected by the verifying pass for a plain helper, handed over
+    /// once the whole stream verified.
+    Plain(oneshot::Receiver<Collect>),
+    /// In memory already and verified (a decoded QEMU payload).
     Ready(Vec<u8>),
 }
 
-/// Loads a verified stream: plans, then runs the second pass and every
-/// `Load` at once.
+/// Loads a stream whose contents are known: plans, then runs the
+/// verifying pass and every `Load` at once.
 async fn run(
     inner: &Inner,
     verified: Verified,
@@ -107,7 +109,7 @@ async fn run(
 ) -> Result<LoadReport, Error> {
     let format = verified.format();
     let (targets, mut outcomes) = plan(inner, &verified.contents()).await?;
-    let (second_pass, incoming) = route(inner, &targets, verified);
+    let (pass, incoming) = route(inner, &targets, verified);
     let streaming = targets.iter().filter(|t| t.mode == Mode::Stream).count();
     let pool = Arc::new(Pool::new(
         streaming * (FEED_QUEUE_CHUNKS + 1) + 1,
@@ -117,14 +119,17 @@ async fn run(
     let started = Instant::now();
     let passed = {
         let (pool, limits) = (pool.clone(), limits(inner));
-        rt::spawn_blocking(move || second_pass.run(limits, &pool))
+        rt::spawn_blocking(move || pass.run(limits, &pool))
     };
     let calls = load_all(inner, &targets, incoming, &pool);
     let (passed, results) = futures::join!(passed, calls);
     for (t, result) in targets.iter().zip(results) {
         outcomes.record(inner, t.slot, t.mode, result);
     }
-    let (helpers, skipped) = outcomes.finish(passed.err())?;
+    // A stream that failed its verifying pass aborted every load it held
+    // back: that failure is the one to report, the helpers' follow from it.
+    passed?;
+    let (helpers, skipped) = outcomes.finish(None)?;
     Ok(LoadReport {
         format,
         helpers,
@@ -176,15 +181,24 @@ async fn plan(inner: &Inner, contents: &[(String, u64)]) -> Result<(Vec<Target>,
             mode: p.mode,
         })
         .collect();
-    // Still before any Load: every plain state must fit in one message.
+    // Still before any Load: every plain state must fit in one message,
+    // and in the memory budget.
+    let budget = &inner.config.budget;
     let too_large: Vec<Error> = targets
         .iter()
-        .filter(|t| t.mode == Mode::Plain && t.size > iface::MAX_LOAD_BLOB_BYTES as u64)
-        .map(|t| Error::OverMessageLimit {
-            id: specs[t.slot].id.clone(),
-            call: Call::Load,
-            size: Some(t.size),
-            limit: iface::MAX_LOAD_BLOB_BYTES as u64,
+        .filter(|t| t.mode == Mode::Plain)
+        .filter_map(|t| {
+            let id = &specs[t.slot].id;
+            if t.size > iface::MAX_LOAD_BLOB_BYTES as u64 {
+                Some(Error::OverMessageLimit {
+                    id: id.clone(),
+                    call: Call::Load,
+                    size: Some(t.size),
+                    limit: iface::MAX_LOAD_BLOB_BYTES as u64,
+                })
+            } else {
+                (t.size > budget.limit()).then(|| plain::over_budget(id, t.size, budget))
+            }
         })
         .collect();
     if let Some(e) = Error::from_many(too_large) {
@@ -198,17 +212,13 @@ async fn plan(inner: &Inner, contents: &[(String, u64)]) -> Result<(Vec<Target>,
     Ok((targets, Outcomes::new(Call::Load, skipped)))
 }
 
-/// Decides where each target's state comes from: memory (kept by the
-/// first pass, or decoded), or the second pass over the stream.
-fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (SecondPass, Vec<Incoming>) {
-    // States in memory already, and the stream to read again if needed.
-    let (mut ready, again) = match verified {
+/// Decides where each target's state comes from: memory (a decoded QEMU
+/// payload), or the verifying pass.
+fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (Pass, Vec<Incoming>) {
+    // States in memory already, and the stream to read if needed.
+    let (mut ready, stream): (HashMap<_, _>, _) = match verified {
         Verified::Records(records) => (records.into_iter().map(|r| (r.id, r.data)).collect(), None),
-        Verified::Native {
-            input,
-            summary,
-            kept,
-        } => (kept, Some((input, summary))),
+        Verified::Native { input, contents } => (HashMap::new(), Some((input, contents))),
     };
     let mut routes = Routes::new();
     let mut from_memory = Vec::new();
@@ -220,8 +230,7 @@ fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (SecondPass, 
             (Mode::Plain, Some(data)) => incoming.push(Incoming::Ready(data)),
             (Mode::Plain, None) => {
                 let (tx, rx) = oneshot::channel();
-                let data = Vec::new();
-                routes.insert(id, Route::Plain { tx, data });
+                routes.insert(id, Route::Plain { tx, data: None });
                 incoming.push(Incoming::Plain(rx));
             }
             (Mode::Stream, state) => {
@@ -234,12 +243,13 @@ fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (SecondPass, 
             }
         }
     }
-    // Read the stream again only for states not in memory.
-    let again = again.filter(|_| !routes.is_empty());
-    let pass = SecondPass {
+    // A native stream is read to its end even with no helper to load, so
+    // that a load never accepts a stream that fails verification.
+    let pass = Pass {
         from_memory,
-        again,
+        stream,
         routes,
+        budget: inner.config.budget.clone(),
     };
     (pass, incoming)
 }
@@ -260,9 +270,16 @@ async fn load_all(
                     feed::load(inner, t.slot, &t.peer, t.size, feed, pool).await
                 }
                 Incoming::Plain(data) => match data.await {
-                    Ok(data) => load_plain(inner, t.slot, &t.peer, data).await,
+                    Ok(collected) => {
+                        let id = &inner.slots[t.slot].spec.id;
+                        let (data, room) = collected.into_memory(&inner.config.budget, id).await?;
+                        let loaded = load_plain(inner, t.slot, &t.peer, data).await;
+                        // The state's room is given back once its Load is over.
+                        drop(room);
+                        loaded
+                    }
                     Err(oneshot::Canceled) => Err(HelperCall::new(inner, t.slot, Call::Load)
-                        .transfer("not called: the stream failed its second pass", None)),
+                        .transfer("not called: the stream failed verification", None)),
                 },
                 Incoming::Ready(data) => load_plain(inner, t.slot, &t.peer, data).await,
             }

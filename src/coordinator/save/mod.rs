@@ -127,8 +127,22 @@ fn over_message_limit(e: &zbus::Error) -> bool {
     }
 }
 
+/// The room a plain `Save` of the helper in slot `index` takes before its
+/// call: its last saved size, or the largest reply when none is known, at
+/// most the whole budget.
+fn room_before_save(inner: &Inner, index: usize) -> u64 {
+    let last = inner.slots[index]
+        .state()
+        .last_save
+        .as_ref()
+        .map(|t| t.bytes);
+    let expected = last.unwrap_or(iface::MAX_SAVE_BLOB_BYTES as u64);
+    expected.min(inner.config.budget.limit())
+}
+
 /// Calls plain `Save` on one helper, with the call timeout and the size
-/// cap, and hands the reply to the writer.
+/// cap, once its room in the memory budget is free, and hands the reply
+/// (with its room) to the writer.
 async fn save_plain(
     inner: &Inner,
     index: usize,
@@ -136,6 +150,14 @@ async fn save_plain(
     tx: &mpsc::Sender<Msg>,
 ) -> Result<Transfer, Error> {
     let call = HelperCall::new(inner, index, Call::Save);
+    let budget = &inner.config.budget;
+    let wanted = room_before_save(inner, index);
+    let mut room = budget.take(wanted).await.ok_or(Error::TooLarge {
+        id: call.id.to_string(),
+        size: wanted,
+        limit: budget.limit(),
+        what: "the coordinator's memory limit for plain states",
+    })?;
     let started = Instant::now();
     let reply = match call
         .within(iface::call_save_at(&peer.conn, peer.destination()))
@@ -162,11 +184,22 @@ async fn save_plain(
             what: "the coordinator's per-helper limit",
         });
     }
+    if size > budget.limit() {
+        return Err(Error::TooLarge {
+            id: call.id.to_string(),
+            size,
+            limit: budget.limit(),
+            what: "the coordinator's memory limit for plain states",
+        });
+    }
+    // The reply is in memory already: hold its real size from now on.
+    room.resize(size);
     // A send fails only when the writer thread stopped on an error, which
     // joining it reports.
     let _ = tx.send(Msg::Whole {
         id: call.id.to_string(),
         reply,
+        room,
     });
     Ok(Transfer {
         bytes: size,

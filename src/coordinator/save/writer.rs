@@ -24,6 +24,7 @@ use std::sync::Arc;
 /// `save_to_path` tells it from other I/O errors).
 pub(crate) const WRITE_STREAM: &str = "cannot write the state stream";
 
+use crate::coordinator::budget::Permit;
 use crate::coordinator::call;
 use crate::coordinator::transfer::pool::Pool;
 use crate::error::{Call, Error};
@@ -50,7 +51,13 @@ pub(super) enum Msg {
     /// A streamed state failed; drop it if it is staged.
     Abort { slot: usize },
     /// A whole plain `Save` reply.
-    Whole { id: String, reply: SaveReply },
+    Whole {
+        id: String,
+        reply: SaveReply,
+        /// The reply's room in the memory budget, given back once it is
+        /// written (when the message is dropped).
+        room: Permit,
+    },
     /// Every helper succeeded: write the end record. Without it (the save
     /// failed or was dropped) the stream is left without its end record,
     /// which every reader rejects.
@@ -202,7 +209,11 @@ impl<W: Write> Thread<W> {
             }
             // Handled by `run`.
             Msg::Finish => {}
-            Msg::Whole { id, reply } => {
+            Msg::Whole {
+                id,
+                reply,
+                room: _room,
+            } => {
                 // Checked when the reply arrived; this borrows it again.
                 let data = reply
                     .bytes()

@@ -1,0 +1,335 @@
+//! The pipelined load: every state streams to its helper while the one
+//! verifying pass reads the stream, and no helper completes a load before
+//! all of it has verified. Failures at the very end, unknown Ids and a
+//! source dying mid-stream, on helpers of every kind (streaming and plain,
+//! peer to peer and bus-style).
+
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::util::*;
+use dbus_vmstate::coordinator::{Coordinator, Mode};
+use dbus_vmstate::helper::{self, State};
+use dbus_vmstate::stream::{self, native, Record};
+use dbus_vmstate::Error;
+
+/// Size of each helper's state: several chunks, so that loads are well
+/// under way when the stream fails.
+const STATE_BYTES: usize = (3 << 20) + 17;
+
+/// What each helper holds before a load, so that a load that completed
+/// is seen.
+const OLD: &[u8] = b"old state";
+
+/// A coordinator for `ids`, each served by a [`Fake`]: names starting
+/// with `s` stream, with `p` are plain; a `b` after that connects
+/// bus-style (`Hello`, then the well-known name) instead of peer to peer;
+/// a name ending in `0` holds an empty state.
+async fn helpers(dir: &std::path::Path, ids: &[&str]) -> (Coordinator, Vec<Arc<Fake>>) {
+    let c = builder(dir, ids).bind().unwrap();
+    let mut fakes = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let len = if id.ends_with('0') { 0 } else { STATE_BYTES };
+        let fake = Fake::new(id, pattern(len, i as u8));
+        let fake = if id.starts_with('p') {
+            fake.plain()
+        } else {
+            fake
+        };
+        if id[1..].starts_with('b') {
+            let address = format!("unix:path={}", sock(dir, id).display());
+            let (state, options) = (fake.clone(), fake.options());
+            drop(rt::spawn(async move {
+                helper::serve_bus(&address, state, options).await
+            }));
+        } else {
+            drop(fake.spawn_in(dir));
+        }
+        fakes.push(fake);
+    }
+    connected(&c).await;
+    (c, fakes)
+}
+
+/// Saves every helper into a stream in memory, then gives each the old
+/// state; returns the stream and what each helper saved.
+async fn saved(c: &Coordinator, fakes: &[Arc<Fake>]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let (bytes, report) = c.save(Vec::new()).await.unwrap();
+    assert_eq!(report.helpers.len(), fakes.len(), "{report:?}");
+    let states = fakes.iter().map(|f| f.data()).collect();
+    for f in fakes {
+        f.set_data(OLD.to_vec());
+    }
+    (bytes, states)
+}
+
+fn assert_all_old(fakes: &[Arc<Fake>], what: &str) {
+    for f in fakes {
+        assert!(
+            f.data() == OLD,
+            "{what}: helper {:?} completed a load from a stream that failed",
+            f.id()
+        );
+    }
+}
+
+/// The stream with its `STREAM_END` record broken in a way only reading
+/// it shows: every state is intact and was delivered by then.
+fn broken_at_stream_end(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut bad_crc = good.to_vec();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0x40;
+    let mut trailing = good.to_vec();
+    trailing.push(0);
+    vec![
+        ("a flipped bit in STREAM_END", bad_crc),
+        ("a byte after STREAM_END", trailing),
+    ]
+}
+
+#[test]
+fn a_failure_at_stream_end_leaves_every_helper_with_its_old_state() {
+    run(async {
+        let dir = tmpdir();
+        let ids = ["s1", "p1", "sb", "pb", "s0"];
+        let (c, fakes) = helpers(dir.path(), &ids).await;
+        let (good, states) = saved(&c, &fakes).await;
+        for (what, bad) in broken_at_stream_end(&good) {
+            let loads: Vec<usize> = fakes.iter().map(|f| f.loads()).collect();
+            // Seekable: the index announces every size, so every
+            // streaming helper is called and gets all but its last byte
+            // (one with an empty state, which has none, is not called).
+            let err = c.load_seekable(Cursor::new(bad.clone()), None).await;
+            let err = err.expect_err(what);
+            assert!(err.is_stream(), "{what}: {err}");
+            assert_all_old(&fakes, what);
+            for ((f, before), id) in fakes.iter().zip(&loads).zip(ids) {
+                let called = usize::from(id.starts_with('s') && !id.ends_with('0'));
+                assert_eq!(f.loads(), before + called, "{what}: Load calls of {id}");
+            }
+            // Read once (a pipe): verified while spooled, nothing called.
+            let loads: Vec<usize> = fakes.iter().map(|f| f.loads()).collect();
+            let err = c.load(Cursor::new(bad), None).await.expect_err(what);
+            assert!(err.is_stream(), "{what}: {err}");
+            assert_all_old(&fakes, what);
+            assert_eq!(fakes.iter().map(|f| f.loads()).collect::<Vec<_>>(), loads);
+        }
+        // The intact stream loads every helper, on its own path.
+        let report = c.load_seekable(Cursor::new(good), None).await.unwrap();
+        for (f, state) in fakes.iter().zip(&states) {
+            assert!(f.data() == *state, "helper {:?} not loaded", f.id());
+            let mode = report
+                .helpers
+                .iter()
+                .find(|h| h.id == f.id())
+                .map(|h| h.mode);
+            let want = if f.id().starts_with('s') {
+                Mode::Stream
+            } else {
+                Mode::Plain
+            };
+            assert_eq!(mode, Some(want), "{}", f.id());
+        }
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_failure_at_the_last_end_record_leaves_every_helper_with_its_old_state() {
+    run(async {
+        let dir = tmpdir();
+        let (c, fakes) = helpers(dir.path(), &["s1", "s2", "p1"]).await;
+        let (good, _) = saved(&c, &fakes).await;
+        // The blob CRC of the last helper's END (the stream ends with that
+        // END and STREAM_END, 28 bytes each), its record CRC fixed up: the
+        // index accepts it, the verifying pass fails it after every chunk.
+        let mut bad = good.clone();
+        let end = bad.len() - 2 * 28;
+        bad[end + 20] ^= 0x01;
+        let crc = crc32c::crc32c(&bad[end..end + 24]);
+        bad[end + 24..end + 28].copy_from_slice(&crc.to_le_bytes());
+        let err = c.load_seekable(Cursor::new(bad), None).await.unwrap_err();
+        assert!(
+            dbus_vmstate::error::chain(&err).contains("checksum"),
+            "{}",
+            dbus_vmstate::error::chain(&err)
+        );
+        assert_all_old(&fakes, "a bad blob checksum");
+        c.shutdown().await;
+    });
+}
+
+/// A native stream cut after the `BEGIN` of `id`, preceded by a complete
+/// state of helper `s1`.
+fn stream_beginning(id: &str) -> Vec<u8> {
+    let full = native::encode(&[
+        Record::new("s1", vec![5; 1000]),
+        Record::new(id, vec![6; 10]),
+    ])
+    .unwrap();
+    // Header, BEGIN s1, CHUNK, END, then the BEGIN of `id`.
+    let first = native::HEADER_BYTES + (16 + 2) + (16 + 1000) + (16 + 12);
+    full[..first + 16 + id.len()].to_vec()
+}
+
+#[test]
+fn an_unknown_id_mid_stream_aborts_at_once() {
+    run(async {
+        let dir = tmpdir();
+        let (c, fakes) = helpers(dir.path(), &["s1", "p1"]).await;
+        for f in &fakes {
+            f.set_data(OLD.to_vec());
+        }
+        // A pipe whose writer stays open: the load may not wait for more.
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(&stream_beginning("stranger")).unwrap();
+        let err = c.load(reader, None).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownInStream { id } if id == "stranger"),
+            "{err}"
+        );
+        assert_eq!(fakes.iter().map(|f| f.loads()).sum::<usize>(), 0);
+        assert_all_old(&fakes, "an unknown Id");
+        drop(writer);
+
+        // A seekable input: found by the index, before any call.
+        let mut bytes = stream_beginning("stranger");
+        bytes.extend_from_slice(&[0; 64]);
+        let err = c.load_seekable(Cursor::new(bytes), None).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::UnknownInStream { id } if id == "stranger"),
+            "{err}"
+        );
+        assert_eq!(fakes.iter().map(|f| f.loads()).sum::<usize>(), 0);
+        assert_still_serves(&c, &[&fakes[0], &fakes[1]]).await;
+    });
+}
+
+#[test]
+fn a_source_dying_mid_stream_completes_no_load() {
+    run(async {
+        let dir = tmpdir();
+        let (c, fakes) = helpers(dir.path(), &["s1", "p1", "sb"]).await;
+        let (good, _) = saved(&c, &fakes).await;
+        for cut in [good.len() / 3, good.len() - 29, good.len() - 1] {
+            let (reader, mut writer) = std::io::pipe().unwrap();
+            let part = good[..cut].to_vec();
+            // The source writes part of the stream and dies: its end of
+            // the pipe closes.
+            let source = std::thread::spawn(move || {
+                let _ = writer.write_all(&part);
+            });
+            let err = c.load(reader, None).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::Stream(stream::Error::Truncated { .. })),
+                "cut at {cut}: {err}"
+            );
+            source.join().unwrap();
+            assert_all_old(&fakes, "a source dying");
+            assert_eq!(fakes.iter().map(|f| f.loads()).sum::<usize>(), 0);
+        }
+        c.shutdown().await;
+    });
+}
+
+/// A seekable input that records how far it has been read and which
+/// thread reads it.
+struct Counted {
+    bytes: Cursor<Vec<u8>>,
+    /// The bytes read so far (the index reads a few bytes per chunk, the
+    /// verifying pass all of them).
+    read: Arc<AtomicU64>,
+    /// `/proc/self/task/TID` of the thread that read last.
+    reader: Arc<std::sync::Mutex<Option<std::path::PathBuf>>>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.bytes.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::SeqCst);
+        let task = std::fs::read_link("/proc/thread-self")?;
+        *self.reader.lock().unwrap() = Some(std::path::Path::new("/proc").join(task));
+        Ok(n)
+    }
+}
+
+impl Seek for Counted {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.bytes.seek(pos)
+    }
+}
+
+/// Whether the thread at `task` (a `/proc` task directory) is asleep.
+/// Reading an in-memory input never sleeps, so the thread reading it is
+/// asleep only when it waits for room further down, or has finished.
+fn asleep(task: &std::path::Path) -> bool {
+    let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+    matches!(state, Some(Some('S' | 'D')))
+}
+
+#[test]
+fn a_slow_helper_holds_back_the_reading() {
+    run(async {
+        let dir = tmpdir();
+        let (c, fakes) = helpers(dir.path(), &["s1"]).await;
+        let size = 96 << 20;
+        let state = pattern(size, 3);
+        let bytes = native::encode(&[Record::new("s1", state.clone())]).unwrap();
+        let slow = &fakes[0];
+        slow.set_data(OLD.to_vec());
+        // Called, the helper reads nothing until released.
+        slow.set_load(Step::Held);
+        let read = Arc::new(AtomicU64::new(0));
+        let reader = Arc::new(std::sync::Mutex::new(None));
+        let input = Counted {
+            bytes: Cursor::new(bytes),
+            read: read.clone(),
+            reader: reader.clone(),
+        };
+        let load = c.load_seekable(input, None);
+        let stalled = async {
+            until("the helper's LoadFd call", || slow.loads() == 1).await;
+            // Asleep twice in a row with nothing read in between: waiting
+            // for room, not caught in a passing wait.
+            let mut seen = None;
+            until("the reading thread to wait", || {
+                let now = read.load(Ordering::SeqCst);
+                let waiting =
+                    now > (1 << 20) && reader.lock().unwrap().as_deref().is_some_and(asleep);
+                let before = std::mem::replace(&mut seen, waiting.then_some(now));
+                waiting && before == Some(now)
+            })
+            .await;
+            let at = read.load(Ordering::SeqCst);
+            slow.release();
+            at
+        };
+        let (loaded, stalled_at) = futures::join!(load, stalled);
+        loaded.unwrap();
+        // What the coordinator buffers (a feeder's queue, the chunk pool,
+        // the socket pair) is a few chunks, far from the whole state.
+        assert!(
+            stalled_at < (size as u64) / 4,
+            "the coordinator read {stalled_at} of {size} bytes while the helper read none"
+        );
+        assert!(slow.data() == state);
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_bad_stream_fails_even_with_no_helper_to_load() {
+    run(async {
+        let dir = tmpdir();
+        // The one helper is optional and never connects.
+        let c = builder(dir.path(), &["o"]).optional("o").bind().unwrap();
+        let mut bytes = native::encode(&[Record::new("o", vec![7; 5000])]).unwrap();
+        // A byte of the chunk's payload: only the verifying pass sees it.
+        bytes[native::HEADER_BYTES + 17 + 12 + 100] ^= 0x01;
+        let err = c.load_seekable(Cursor::new(bytes), None).await.unwrap_err();
+        assert!(err.is_stream(), "{err}");
+        c.shutdown().await;
+    });
+}
