@@ -43,6 +43,28 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// `e` without the temporary file's name, which `tempfile` appends ("at
+/// path .../.NAME.XXXXXX.tmp"): the caller names the file it means, and
+/// the temporary name is gone by the time anyone reads the error.
+fn without_temp_path(e: io::Error) -> io::Error {
+    // tempfile's wrapper hides the inner error (its `source` is the inner
+    // error's own source), so the name is cut off its text; a test checks
+    // the form.
+    let text = e.to_string();
+    let Some(at) = text.rfind(" at path \"") else {
+        return e;
+    };
+    let head = &text[..at];
+    let code = head
+        .strip_suffix(')')
+        .and_then(|h| h.rsplit_once("(os error "))
+        .and_then(|(_, n)| n.parse::<i32>().ok());
+    match code {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), head.to_string()),
+    }
+}
+
 impl AtomicFile {
     /// Creates the temporary file, named `.NAME.XXXXXX.tmp` in the
     /// directory of `path`, mode 0600.
@@ -61,7 +83,8 @@ impl AtomicFile {
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".tmp")
-            .tempfile_in(parent_of(path))?;
+            .tempfile_in(parent_of(path))
+            .map_err(without_temp_path)?;
         Ok(AtomicFile {
             temp,
             path: path.to_path_buf(),
@@ -100,7 +123,8 @@ impl AtomicFile {
         self.temp.flush()?;
         self.temp.as_file().sync_all()?;
         let AtomicFile { temp, path } = self;
-        temp.persist(&path).map_err(|e| e.error)?;
+        temp.persist(&path)
+            .map_err(|e| without_temp_path(e.error))?;
         File::open(parent_of(&path))?.sync_all()
     }
 }
@@ -118,6 +142,17 @@ impl Write for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_names_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/x.vmstate");
+        let err = AtomicFile::create(&path).expect_err("no such directory");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        let text = err.to_string();
+        assert!(!text.contains(".tmp"), "{text}");
+        assert!(text.contains("os error 2"), "{text}");
+    }
 
     #[test]
     fn dropped_before_commit_leaves_the_old_file_and_no_temporary() {
