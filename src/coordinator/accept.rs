@@ -242,7 +242,11 @@ async fn check_id(
     bus: &bus_shim::Shared,
     messages: zbus::MessageStream,
 ) -> Result<Option<String>, Rejection> {
-    let deadline = Instant::now() + inner.config.handshake_timeout;
+    // The Id reads end a little before the whole wait does, so that a peer
+    // that keeps answering wrongly is rejected for its last answer rather
+    // than for the time.
+    let limit = inner.config.handshake_timeout;
+    let deadline = Instant::now() + limit - limit / 10;
     let read = async {
         let bus_name = bus_shim::settle(messages, bus).await;
         let id = read_id_when_exported(conn, bus_name.as_deref(), deadline).await;
@@ -286,16 +290,31 @@ async fn read_id_when_exported(
     deadline: Instant,
 ) -> zbus::Result<String> {
     let mut pause = ID_RETRY_FIRST_PAUSE;
+    let mut last: Option<zbus::Error> = None;
     loop {
-        match rt::timeout(ID_ATTEMPT_TIMEOUT, iface::read_id_at(conn, destination)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Past the deadline with no answer at all, the caller's timeout
+        // ends the wait.
+        let attempt = if left.is_zero() {
+            ID_ATTEMPT_TIMEOUT
+        } else {
+            ID_ATTEMPT_TIMEOUT.min(left)
+        };
+        match rt::timeout(attempt, iface::read_id_at(conn, destination)).await {
             Ok(Err(e)) if not_exported_yet(&e) => {
                 if Instant::now() + pause >= deadline {
                     return Err(e);
                 }
                 tracing::debug!("Id not readable yet, trying again: {e}");
+                last = Some(e);
             }
             Ok(other) => return other,
-            Err(rt::Elapsed) => tracing::debug!("Id read unanswered, trying again"),
+            Err(rt::Elapsed) => {
+                if let Some(e) = last.take().filter(|_| Instant::now() >= deadline) {
+                    return Err(e);
+                }
+                tracing::debug!("Id read unanswered, trying again");
+            }
         }
         rt::sleep(pause).await;
         pause = (pause * 2).min(ID_RETRY_MAX_PAUSE);
