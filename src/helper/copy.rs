@@ -121,14 +121,14 @@ fn buffered(from: &impl AsFd, to: &impl AsFd, limit: u64) -> io::Result<u64> {
     copy_blocks(&mut (&mut reader).take(limit), &mut writer)
 }
 
-/// [`io::copy`] with a [`BLOCK_BYTES`] buffer (std's is 8 KiB, and it
-/// cannot see the descriptors behind a `dyn Read` or `dyn Write`): one
-/// read and one write per block, or per what a read returns.
+/// [`io::copy`] with a 1 MiB buffer (std's is 8 KiB, and it cannot see
+/// the descriptors behind a `dyn Read` or `dyn Write`): one read and one
+/// write per block, or per what a read returns. Returns the bytes moved.
 ///
 /// # Errors
 ///
 /// The first failing read's or write's error.
-pub(crate) fn copy_blocks(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
+pub fn copy_blocks(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
     let mut buf = vec![0u8; BLOCK_BYTES];
     let mut moved = 0u64;
     loop {

@@ -117,6 +117,7 @@ mod fd;
 mod file;
 mod object;
 
+pub use copy::copy_blocks;
 pub use fd::{StreamIn, StreamOut};
 pub use file::FileState;
 

@@ -5,11 +5,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 
-use dbus_vmstate::helper::{BoxError, State, StreamIn, StreamOut};
-
-/// The buffer between a command and a `dyn Read` or `dyn Write` (the
-/// plain path; the streaming path lets the kernel move the bytes).
-const BLOCK_BYTES: usize = 1 << 20;
+use dbus_vmstate::helper::{copy_blocks, BoxError, State, StreamIn, StreamOut};
 
 /// The shell that runs the commands.
 const SHELL: &str = "/bin/sh";
@@ -150,23 +146,6 @@ impl ExecState {
             }
             Err(e) => Err(format!("cannot write the state to load command {cmd:?}: {e}").into()),
         }
-    }
-}
-
-/// [`io::copy`] through a [`BLOCK_BYTES`] buffer: std's is 8 KiB, and it
-/// cannot see the descriptor behind a `dyn Read` or `dyn Write`.
-fn copy_blocks(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
-    let mut buf = vec![0u8; BLOCK_BYTES];
-    let mut moved = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(moved),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        moved += n as u64;
     }
 }
 
