@@ -1,12 +1,15 @@
 //! D-Bus names, paths and limits of the helper interfaces, and the
 //! coordinator's calls on them (crate-private).
 //!
-//! This module mirrors `protocol/org.qemu.VMState1.xml` and
-//! `protocol/org.dbusvmstate.Stream1.xml`. The first interface is QEMU's
-//! own, unchanged, so a helper that works with QEMU's `dbus-vmstate` object
-//! works here too and the other way round. The second is this project's
-//! streaming extension: the state moves through a socket passed as a file
-//! descriptor instead of inside D-Bus messages.
+//! This module mirrors `protocol/org.qemu.VMState1.xml`,
+//! `protocol/org.dbusvmstate.Stream1.xml` and
+//! `protocol/org.dbusvmstate.SealedLoad1.xml`. The first interface is
+//! QEMU's own, unchanged, so a helper that works with QEMU's
+//! `dbus-vmstate` object works here too and the other way round. The
+//! second is this project's streaming extension: the state moves through
+//! a socket passed as a file descriptor instead of inside D-Bus messages.
+//! The third lets a load start before the state's size is known (a stream
+//! read from a pipe), its end sealed by a trailer.
 
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
@@ -45,8 +48,17 @@ pub const STREAM_INTERFACE: &str = "org.dbusvmstate.Stream1";
 pub const METHOD_SAVE_FD: &str = "SaveFd";
 /// `LoadFd(h fd, t size)`: the helper reads its new state from `fd`.
 pub const METHOD_LOAD_FD: &str = "LoadFd";
+/// The sealed load, served beside [`STREAM_INTERFACE`]: a streaming load
+/// whose size is not known when it starts.
+pub const SEALED_LOAD_INTERFACE: &str = "org.dbusvmstate.SealedLoad1";
+/// `LoadFd(h fd, t seal)` of [`SEALED_LOAD_INTERFACE`]: the helper reads
+/// its new state from `fd`, then the [seal](seal_trailer).
+pub const METHOD_LOAD_FD_SEALED: &str = "LoadFd";
+/// Bytes of the trailer that ends a sealed load: the call's seal, then
+/// the state's size, each a little-endian `u64`.
+pub const SEAL_TRAILER_BYTES: usize = 16;
 /// The standard introspection interface, through which the coordinator
-/// detects [`STREAM_INTERFACE`].
+/// detects [`STREAM_INTERFACE`] and [`SEALED_LOAD_INTERFACE`].
 pub const INTROSPECTABLE_INTERFACE: &str = "org.freedesktop.DBus.Introspectable";
 
 /// Longest helper Id in bytes (QEMU's limit; the shortest is 1).
@@ -282,7 +294,25 @@ pub(crate) fn introspection_lists(xml: &str, interface: &str) -> bool {
             .any(|n| n.has_tag_name("interface") && n.attribute("name") == Some(interface))
 }
 
-/// Whether the helper serves [`STREAM_INTERFACE`], from one `Introspect`
+/// The trailer that commits a sealed load of `size` bytes whose call
+/// carried `seal`.
+pub(crate) fn seal_trailer(seal: u64, size: u64) -> [u8; SEAL_TRAILER_BYTES] {
+    let mut trailer = [0u8; SEAL_TRAILER_BYTES];
+    trailer[..8].copy_from_slice(&seal.to_le_bytes());
+    trailer[8..].copy_from_slice(&size.to_le_bytes());
+    trailer
+}
+
+/// The extensions a helper serves beside [`INTERFACE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Extensions {
+    /// [`STREAM_INTERFACE`].
+    pub stream: bool,
+    /// [`SEALED_LOAD_INTERFACE`] (used only beside [`STREAM_INTERFACE`]).
+    pub sealed_load: bool,
+}
+
+/// The extensions the helper serves, from one `Introspect`
 /// call on [`OBJECT_PATH`]. `destination` is the bus-style helper's unique
 /// name, `None` for a peer-to-peer helper (see [`read_id_at`]).
 ///
@@ -290,10 +320,10 @@ pub(crate) fn introspection_lists(xml: &str, interface: &str) -> bool {
 ///
 /// The call's error (a helper without introspection answers
 /// `UnknownInterface` or `UnknownMethod`), or a non-string reply.
-pub(crate) async fn serves_stream(
+pub(crate) async fn extensions(
     conn: &Connection,
     destination: Option<&str>,
-) -> zbus::Result<bool> {
+) -> zbus::Result<Extensions> {
     let reply = conn
         .call_method(
             destination,
@@ -305,7 +335,11 @@ pub(crate) async fn serves_stream(
         .await?;
     let body = reply.body();
     let xml: &str = body.deserialize()?;
-    Ok(introspection_lists(xml, STREAM_INTERFACE))
+    let stream = introspection_lists(xml, STREAM_INTERFACE);
+    Ok(Extensions {
+        stream,
+        sealed_load: stream && introspection_lists(xml, SEALED_LOAD_INTERFACE),
+    })
 }
 
 /// Calls `SaveFd` with `fd` (the helper's end of a socket pair) and returns
@@ -353,6 +387,29 @@ pub(crate) async fn call_load_fd(
         Some(STREAM_INTERFACE),
         METHOD_LOAD_FD,
         &(zbus::Fd::from(fd), size),
+    )
+    .await
+    .map(drop)
+}
+
+/// Calls the sealed `LoadFd` with `fd` (the helper's end of a socket pair)
+/// and the `seal` the coordinator will end the state with.
+///
+/// # Errors
+///
+/// The call's error.
+pub(crate) async fn call_load_fd_sealed(
+    conn: &Connection,
+    destination: Option<&str>,
+    fd: BorrowedFd<'_>,
+    seal: u64,
+) -> zbus::Result<()> {
+    conn.call_method(
+        destination,
+        OBJECT_PATH,
+        Some(SEALED_LOAD_INTERFACE),
+        METHOD_LOAD_FD_SEALED,
+        &(zbus::Fd::from(fd), seal),
     )
     .await
     .map(drop)

@@ -92,9 +92,30 @@ impl Budget {
 
 impl Permit {
     /// The bytes it holds.
-    #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// The budget it holds them from.
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Grows to hold `bytes` if they fit beside what the others hold;
+    /// whether it did.
+    pub(crate) fn try_grow(&mut self, bytes: u64) -> bool {
+        let mut used = self.budget.lock();
+        let others = used.saturating_sub(self.bytes);
+        if others.saturating_add(bytes) > self.budget.limit {
+            return false;
+        }
+        *used = others + bytes;
+        drop(used);
+        if bytes < self.bytes {
+            self.budget.freed.notify(usize::MAX);
+        }
+        self.bytes = bytes;
+        true
     }
 
     /// Holds `bytes` from now on: gives back what is no longer needed, or
@@ -130,6 +151,19 @@ mod tests {
         let c = budget.try_take(3).unwrap();
         drop((a, b, c));
         assert!(budget.try_take(10).is_some());
+    }
+
+    #[test]
+    fn a_permit_grows_only_into_free_room() {
+        let budget = Budget::new(10);
+        let other = budget.try_take(4).unwrap();
+        let mut p = budget.try_take(2).unwrap();
+        assert!(p.try_grow(6));
+        assert!(!p.try_grow(7));
+        assert_eq!(p.bytes(), 6);
+        drop(other);
+        assert!(p.try_grow(10));
+        assert!(budget.try_take(1).is_none());
     }
 
     #[test]

@@ -38,21 +38,22 @@
 //! helper's state for one `Load` message. What completes a load is held
 //! back until the pass has verified the whole stream:
 //!
-//! - each streaming helper's **last byte**: a helper completes only on
-//!   end-of-file after exactly the size announced in `LoadFd`, so a load
-//!   the coordinator aborts always ends short (`protocol/README.md`,
-//!   `LoadFd`);
+//! - each streaming helper's **commit**: its last byte, when `LoadFd`
+//!   announced the state's size (a helper completes only on end-of-file
+//!   after exactly that size), or the trailer of the call's seal, when the
+//!   sealed `LoadFd` of `org.dbusvmstate.SealedLoad1` started the load
+//!   before the size was known (a helper completes only on that trailer);
+//!   either way a load the coordinator aborts ends short
+//!   (`protocol/README.md`, `LoadFd`);
 //! - each plain helper's `Load` call, made only then.
 //!
 //! On any failure (a bad record, an input that ends or fails, a state of
-//! another size than announced) every streaming helper's socket closes a
-//! byte short, no plain `Load` is made, and each helper keeps its old
-//! state. A helper's own failure (its `Load` fails) does not stop the
-//! others.
+//! another size than announced) every streaming helper's socket closes
+//! short, no plain `Load` is made, and each helper keeps its old state. A
+//! helper's own failure (its `Load` fails) does not stop the others.
 //!
-//! `LoadFd` must be told a state's size before its first byte, and a
-//! native stream tells it only in the state's `END` record, after its
-//! chunks. So the input decides the path:
+//! A native stream tells a state's size only in the state's `END`
+//! record, after its chunks, so the input decides the path:
 //!
 //! - A *seekable* input ([`Coordinator::load_seekable`],
 //!   [`Coordinator::load_from_path`] on a regular file, a regular file
@@ -62,20 +63,28 @@
 //!   gives every Id and size and fails at once on an unknown Id, a
 //!   duplicate, a broken `BEGIN` or `END` record or a truncated stream,
 //!   before any helper is called. Then the verifying pass reads the input
-//!   once, from where it stood, and nothing is spooled. Loading overlaps
-//!   the reading, and a slow helper holds the reading back once its queue
-//!   is full.
+//!   once, from where it stood, announcing each size in `LoadFd`, and
+//!   nothing is spooled.
 //! - Any other input ([`Coordinator::load`], a pipe, a FIFO, a socket) is
-//!   verified while it is copied to a spool: memory up to 8 MiB, then an
-//!   unlinked temporary file in `$TMPDIR`. It stops at the first unknown
-//!   Id, and a stream that fails here calls no `Load` at all. Then the
-//!   verifying pass reads the spool as it would a seekable input. A pipe
-//!   is thus read ahead of the helpers whatever their speed, and its
-//!   streaming states pass through the spool: pipelining them would need
-//!   their sizes up front, which neither the stream format nor `LoadFd`
-//!   version 1 provides.
+//!   loaded *live* when every connected streaming helper serves the
+//!   sealed load (this crate's helpers do): after waiting for the
+//!   required helpers, the verifying pass reads the input as it arrives,
+//!   a streaming helper is called when its state begins and receives it
+//!   chunk by chunk, and an unknown Id fails the load where it is read.
+//!   So a load overlaps the transfer and the source's save, and nothing
+//!   is spooled. Every connected helper takes part; one whose state the
+//!   stream does not hold is not called (and the load fails if it is
+//!   required).
+//! - Any other input with a streaming helper that lacks the sealed load
+//!   is verified while it is copied to a spool (memory up to 8 MiB, then
+//!   an unlinked temporary file in `$TMPDIR`), so that no helper is called
+//!   before every size is known; the verifying pass then reads the spool
+//!   as it would a seekable input.
 //! - A QEMU payload (at most 1 MiB per helper) is decoded and verified
 //!   into memory, then loaded.
+//!
+//! On every path loading overlaps the verifying pass, and a slow helper
+//! holds the reading back once its queue is full.
 //!
 //! **Memory.** Plain states are held whole (one D-Bus message each), so
 //! they count against the coordinator's budget
@@ -88,7 +97,8 @@
 //! `/tmp`); each plain `Load` waits until its room is free, reads a
 //! spilled state back, and gives the room back when it returns. A plain
 //! state larger than the budget fails the load before any call, naming
-//! its helper. A plain `Save` likewise waits for room before its call
+//! its helper (on a live load, as soon as it has grown past the budget
+//! or one message). A plain `Save` likewise waits for room before its call
 //! (its helper's last saved size, or the largest reply when none is
 //! known, at most the budget) and holds the reply's size until the writer
 //! has written it.

@@ -86,7 +86,8 @@ pub struct LoadReport {
     /// From the first `Load` call to the last reply.
     pub duration: Duration,
     /// What came before any `Load`: indexing a seekable input, or reading
-    /// and verifying any other into its spool (see [the coordinator's
+    /// and verifying any other into its spool; zero for a live load, which
+    /// verifies while it loads (see [the coordinator's
     /// docs](crate::coordinator#loading)).
     pub verification: Duration,
 }

@@ -17,9 +17,9 @@ pub(crate) struct SlotState {
     pub last_save: Option<Transfer>,
     pub last_load: Option<Transfer>,
     pub last_rejection: Option<String>,
-    /// Whether the helper of connection generation `.0` serves
-    /// `org.dbusvmstate.Stream1`, once detected ([`transfer::mode`](super::transfer::mode)).
-    pub stream_support: Option<(u64, bool)>,
+    /// The extensions the helper of connection generation `.0` serves,
+    /// once detected ([`transfer::extensions`](super::transfer::extensions)).
+    pub stream_support: Option<(u64, crate::iface::Extensions)>,
 }
 
 #[derive(Debug)]

@@ -276,6 +276,13 @@ pub struct Options {
     /// coordinator uses plain `Save` and `Load`, and the state must fit in
     /// one D-Bus message.
     pub streaming: bool,
+    /// Whether to serve `org.dbusvmstate.SealedLoad1` beside
+    /// `org.dbusvmstate.Stream1` (default `true`; nothing without
+    /// [`Options::streaming`]). It lets a coordinator reading a stream from
+    /// a pipe load this helper while the stream arrives; without it such a
+    /// coordinator first spools the stream, as one without this extension
+    /// does.
+    pub sealed_loads: bool,
 }
 
 impl Default for Options {
@@ -283,6 +290,7 @@ impl Default for Options {
         Options {
             connect_timeout: iface::DEFAULT_CONNECT_TIMEOUT,
             streaming: true,
+            sealed_loads: true,
         }
     }
 }
@@ -299,6 +307,13 @@ impl Options {
     #[must_use]
     pub fn streaming(mut self, streaming: bool) -> Self {
         self.streaming = streaming;
+        self
+    }
+
+    /// Sets [`Options::sealed_loads`].
+    #[must_use]
+    pub fn sealed_loads(mut self, sealed_loads: bool) -> Self {
+        self.sealed_loads = sealed_loads;
         self
     }
 }
@@ -356,10 +371,20 @@ fn objects<'a>(
             id: id.to_string(),
         },
     );
-    if options.streaming {
+    if !options.streaming {
+        return builder;
+    }
+    let builder = builder.serve_at(
+        iface::OBJECT_PATH,
+        object::Stream {
+            state: state.clone(),
+            id: id.to_string(),
+        },
+    );
+    if options.sealed_loads {
         builder.serve_at(
             iface::OBJECT_PATH,
-            object::Stream {
+            object::SealedLoad {
                 state,
                 id: id.to_string(),
             },

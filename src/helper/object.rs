@@ -1,6 +1,7 @@
 //! The objects a helper exports at `/org/qemu/VMState1`:
-//! `org.qemu.VMState1` (QEMU's interface) and `org.dbusvmstate.Stream1`
-//! (the streaming extension).
+//! `org.qemu.VMState1` (QEMU's interface), `org.dbusvmstate.Stream1`
+//! (the streaming extension) and `org.dbusvmstate.SealedLoad1` (a
+//! streaming load of a size not known in advance).
 //!
 //! Every call on a [`State`] runs on the blocking thread pool, never on the
 //! zbus I/O thread, so a slow save neither stalls the connection nor other
@@ -116,13 +117,39 @@ impl Stream {
 
     /// Replaces the helper's state with the `size` bytes read from `fd`.
     async fn load_fd(&self, fd: zbus::OwnedFd, size: u64) -> Result<(), CallError> {
-        let state = self.state.clone();
-        let loaded = rt::spawn_blocking(move || -> Result<(), BoxError> {
-            let mut input = StreamIn::new(fd.into(), size)?;
-            state.load_from_stream(&mut input)?;
-            Ok(input.finish()?)
-        })
-        .await;
-        loaded.map_err(|e| failed(&self.id, "LoadFd", &e, CallError::LoadFailed))
+        let input = StreamIn::new(fd.into(), size);
+        load_stream(&self.state, &self.id, input).await
     }
+}
+
+/// The `org.dbusvmstate.SealedLoad1` object.
+pub(super) struct SealedLoad {
+    pub state: Arc<dyn State>,
+    pub id: String,
+}
+
+#[zbus::interface(name = "org.dbusvmstate.SealedLoad1")]
+impl SealedLoad {
+    /// Replaces the helper's state with what `fd` carries before the
+    /// trailer of `seal`.
+    async fn load_fd(&self, fd: zbus::OwnedFd, seal: u64) -> Result<(), CallError> {
+        let input = StreamIn::sealed(fd.into(), seal);
+        load_stream(&self.state, &self.id, input).await
+    }
+}
+
+/// Loads `state` from a streaming load's end, on the blocking pool.
+async fn load_stream(
+    state: &Arc<dyn State>,
+    id: &str,
+    input: std::io::Result<StreamIn>,
+) -> Result<(), CallError> {
+    let state = state.clone();
+    let loaded = rt::spawn_blocking(move || -> Result<(), BoxError> {
+        let mut input = input?;
+        state.load_from_stream(&mut input)?;
+        Ok(input.finish()?)
+    })
+    .await;
+    loaded.map_err(|e| failed(id, "LoadFd", &e, CallError::LoadFailed))
 }

@@ -249,10 +249,40 @@ fn helper_serves_exactly_the_stream_protocol_interface() {
 }
 
 #[test]
+fn sealed_load_protocol_xml_describes_the_interface() {
+    let xml = include_str!("../../protocol/org.dbusvmstate.SealedLoad1.xml");
+    let got = members(xml, iface::SEALED_LOAD_INTERFACE);
+    let want: BTreeSet<_> = [("method", "LoadFd", "fd:h:in,seal:t:in")]
+        .into_iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(xml.contains(&format!("<node name=\"{}\">", iface::OBJECT_PATH)));
+    assert!(xml.contains(&format!(
+        "<method name=\"{}\">",
+        iface::METHOD_LOAD_FD_SEALED
+    )));
+}
+
+#[test]
+fn helper_serves_exactly_the_sealed_load_protocol_interface() {
+    run(async {
+        let served = served_introspection(Fake::new("a", vec![1, 2, 3])).await;
+        let spec = include_str!("../../protocol/org.dbusvmstate.SealedLoad1.xml");
+        assert_eq!(
+            members(&served, iface::SEALED_LOAD_INTERFACE),
+            members(spec, iface::SEALED_LOAD_INTERFACE),
+            "served introspection:\n{served}"
+        );
+    });
+}
+
+#[test]
 fn helper_without_streaming_serves_only_qemus_interface() {
     run(async {
         let served = served_introspection(Fake::new("a", vec![1, 2, 3]).plain()).await;
         assert!(!lists(&served, iface::STREAM_INTERFACE));
+        assert!(!lists(&served, iface::SEALED_LOAD_INTERFACE));
         assert!(lists(&served, iface::INTERFACE));
     });
 }

@@ -18,14 +18,11 @@ use dbus_vmstate::Error;
 /// under way when the stream fails.
 const STATE_BYTES: usize = (3 << 20) + 17;
 
-/// What each helper holds before a load, so that a load that completed
-/// is seen.
-const OLD: &[u8] = b"old state";
-
 /// A coordinator for `ids`, each served by a [`Fake`]: names starting
 /// with `s` stream, with `p` are plain; a `b` after that connects
 /// bus-style (`Hello`, then the well-known name) instead of peer to peer;
-/// a name ending in `0` holds an empty state.
+/// a `u` there streams without `org.dbusvmstate.SealedLoad1`, as a helper
+/// of an earlier release; a name ending in `0` holds an empty state.
 async fn helpers(dir: &std::path::Path, ids: &[&str]) -> (Coordinator, Vec<Arc<Fake>>) {
     let c = builder(dir, ids).bind().unwrap();
     let mut fakes = Vec::new();
@@ -34,6 +31,8 @@ async fn helpers(dir: &std::path::Path, ids: &[&str]) -> (Coordinator, Vec<Arc<F
         let fake = Fake::new(id, pattern(len, i as u8));
         let fake = if id.starts_with('p') {
             fake.plain()
+        } else if id[1..].starts_with('u') {
+            fake.unsealed()
         } else {
             fake
         };
@@ -62,16 +61,6 @@ async fn saved(c: &Coordinator, fakes: &[Arc<Fake>]) -> (Vec<u8>, Vec<Vec<u8>>) 
         f.set_data(OLD.to_vec());
     }
     (bytes, states)
-}
-
-fn assert_all_old(fakes: &[Arc<Fake>], what: &str) {
-    for f in fakes {
-        assert!(
-            f.data() == OLD,
-            "{what}: helper {:?} completed a load from a stream that failed",
-            f.id()
-        );
-    }
 }
 
 /// The stream with its `STREAM_END` record broken in a way only reading
@@ -108,12 +97,21 @@ fn a_failure_at_stream_end_leaves_every_helper_with_its_old_state() {
                 let called = usize::from(id.starts_with('s') && !id.ends_with('0'));
                 assert_eq!(f.loads(), before + called, "{what}: Load calls of {id}");
             }
-            // Read once (a pipe): verified while spooled, nothing called.
+            // Read once (a pipe): loaded while read, so the same helpers
+            // are called, and get every byte of their states but never the
+            // seal that would let them complete.
             let loads: Vec<usize> = fakes.iter().map(|f| f.loads()).collect();
             let err = c.load(Cursor::new(bad), None).await.expect_err(what);
             assert!(err.is_stream(), "{what}: {err}");
             assert_all_old(&fakes, what);
-            assert_eq!(fakes.iter().map(|f| f.loads()).collect::<Vec<_>>(), loads);
+            for ((f, before), id) in fakes.iter().zip(&loads).zip(ids) {
+                let called = usize::from(id.starts_with('s') && !id.ends_with('0'));
+                assert_eq!(
+                    f.loads(),
+                    before + called,
+                    "{what}: read once, Load calls of {id}"
+                );
+            }
         }
         // The intact stream loads every helper, on its own path.
         let report = c.load_seekable(Cursor::new(good), None).await.unwrap();
@@ -189,9 +187,13 @@ fn an_unknown_id_mid_stream_aborts_at_once() {
             matches!(&err, Error::UnknownInStream { id } if id == "stranger"),
             "{err}"
         );
-        assert_eq!(fakes.iter().map(|f| f.loads()).sum::<usize>(), 0);
+        // s1's state was complete before the stranger began: its load was
+        // under way and is aborted; the plain p1 is called only once a
+        // stream has verified.
+        assert_eq!(fakes[1].loads(), 0, "plain p1 called");
         assert_all_old(&fakes, "an unknown Id");
         drop(writer);
+        let loads: Vec<usize> = fakes.iter().map(|f| f.loads()).collect();
 
         // A seekable input: found by the index, before any call.
         let mut bytes = stream_beginning("stranger");
@@ -201,7 +203,7 @@ fn an_unknown_id_mid_stream_aborts_at_once() {
             matches!(&err, Error::UnknownInStream { id } if id == "stranger"),
             "{err}"
         );
-        assert_eq!(fakes.iter().map(|f| f.loads()).sum::<usize>(), 0);
+        assert_eq!(fakes.iter().map(|f| f.loads()).collect::<Vec<_>>(), loads);
         assert_still_serves(&c, &[&fakes[0], &fakes[1]]).await;
     });
 }
@@ -227,7 +229,7 @@ fn a_source_dying_mid_stream_completes_no_load() {
             );
             source.join().unwrap();
             assert_all_old(&fakes, "a source dying");
-            assert_eq!(fakes.iter().map(|f| f.loads()).sum::<usize>(), 0);
+            assert_eq!(fakes[1].loads(), 0, "plain p1 called");
         }
         c.shutdown().await;
     });
@@ -269,8 +271,99 @@ fn asleep(task: &std::path::Path) -> bool {
     matches!(state, Some(Some('S' | 'D')))
 }
 
+/// Bytes of the `STREAM_END` record that ends every native stream.
+const STREAM_END_BYTES: usize = 28;
+
+#[test]
+fn a_stream_read_once_is_loaded_while_it_arrives() {
+    run(async {
+        let dir = tmpdir();
+        let (c, fakes) = helpers(dir.path(), &["s1", "p1", "sb", "s0"]).await;
+        let (good, states) = saved(&c, &fakes).await;
+        let (head, tail) = good.split_at(good.len() - STREAM_END_BYTES);
+        // A pipe holding all but the stream's last record, its writer open.
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let head = head.to_vec();
+        let source = std::thread::spawn(move || {
+            writer.write_all(&head).unwrap();
+            writer
+        });
+        let load = c.load(reader, None);
+        let rest = async {
+            // Both non-empty streaming helpers are loading, and have every
+            // byte of their states, before the stream has ended; none has
+            // completed, and the plain one is not called yet.
+            until("the streaming helpers' calls", || {
+                fakes[0].loads() == 1 && fakes[2].loads() == 1
+            })
+            .await;
+            let mut writer = source.join().unwrap();
+            assert_eq!((fakes[1].loads(), fakes[3].loads()), (0, 0));
+            assert_all_old(&fakes, "a stream not ended yet");
+            writer.write_all(tail).unwrap();
+        };
+        let (report, ()) = futures::join!(load, rest);
+        let report = report.unwrap();
+        for (f, state) in fakes.iter().zip(&states) {
+            assert!(f.data() == *state, "helper {:?} not loaded", f.id());
+        }
+        let modes: Vec<_> = report
+            .helpers
+            .iter()
+            .map(|h| (h.id.as_str(), h.mode))
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("s1", Mode::Stream),
+                ("p1", Mode::Plain),
+                ("sb", Mode::Stream),
+                ("s0", Mode::Stream)
+            ]
+        );
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_helper_without_sealed_loads_is_loaded_from_a_spool() {
+    run(async {
+        let dir = tmpdir();
+        let (c, fakes) = helpers(dir.path(), &["s1", "su"]).await;
+        let (good, states) = saved(&c, &fakes).await;
+        // The stream is verified whole before any call: a failure at its
+        // very end reaches neither helper.
+        for (what, bad) in broken_at_stream_end(&good) {
+            let err = c.load(Cursor::new(bad), None).await.expect_err(what);
+            assert!(err.is_stream(), "{what}: {err}");
+            assert_eq!((fakes[0].loads(), fakes[1].loads()), (0, 0), "{what}");
+        }
+        let report = c.load(Cursor::new(good), None).await.unwrap();
+        assert_eq!(report.helpers.len(), 2, "{report:?}");
+        for (f, state) in fakes.iter().zip(&states) {
+            assert!(f.data() == *state, "helper {:?} not loaded", f.id());
+        }
+        c.shutdown().await;
+    });
+}
+
+/// A [`Read`] that cannot seek: what `Coordinator::load` gets from a pipe.
+struct ReadOnce<R>(R);
+
+impl<R: Read> Read for ReadOnce<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
 #[test]
 fn a_slow_helper_holds_back_the_reading() {
+    for seekable in [true, false] {
+        slow_helper_holds_back_the_reading(seekable);
+    }
+}
+
+fn slow_helper_holds_back_the_reading(seekable: bool) {
     run(async {
         let dir = tmpdir();
         let (c, fakes) = helpers(dir.path(), &["s1"]).await;
@@ -288,7 +381,13 @@ fn a_slow_helper_holds_back_the_reading() {
             read: read.clone(),
             reader: reader.clone(),
         };
-        let load = c.load_seekable(input, None);
+        let load = async {
+            if seekable {
+                c.load_seekable(input, None).await
+            } else {
+                c.load(ReadOnce(input), None).await
+            }
+        };
         let stalled = async {
             until("the helper's LoadFd call", || slow.loads() == 1).await;
             // Asleep twice in a row with nothing read in between: waiting
@@ -312,7 +411,8 @@ fn a_slow_helper_holds_back_the_reading() {
         // the socket pair) is a few chunks, far from the whole state.
         assert!(
             stalled_at < (size as u64) / 4,
-            "the coordinator read {stalled_at} of {size} bytes while the helper read none"
+            "seekable {seekable}: the coordinator read {stalled_at} of {size} bytes \
+             while the helper read none"
         );
         assert!(slow.data() == state);
         c.shutdown().await;

@@ -45,6 +45,7 @@ pub struct Fake {
     save: Mutex<Step>,
     load: Mutex<Step>,
     streaming: AtomicBool,
+    sealed_loads: AtomicBool,
     saves: AtomicUsize,
     loads: AtomicUsize,
     write_failed: AtomicBool,
@@ -61,6 +62,7 @@ impl Fake {
             save: Mutex::new(Step::Whole),
             load: Mutex::new(Step::Whole),
             streaming: AtomicBool::new(true),
+            sealed_loads: AtomicBool::new(true),
             saves: AtomicUsize::new(0),
             loads: AtomicUsize::new(0),
             write_failed: AtomicBool::new(false),
@@ -120,6 +122,13 @@ impl Fake {
         self
     }
 
+    /// Serves the streaming extension without `org.dbusvmstate.SealedLoad1`,
+    /// as a helper of an earlier release does.
+    pub fn unsealed(self: Arc<Self>) -> Arc<Self> {
+        self.sealed_loads.store(false, Ordering::SeqCst);
+        self
+    }
+
     /// Serves this helper on `socket` in the background (plain or
     /// streaming as scripted); the task ends when the coordinator closes
     /// the connection.
@@ -140,6 +149,7 @@ impl Fake {
         helper::Options::default()
             .connect_timeout(Duration::from_secs(10))
             .streaming(self.streaming.load(Ordering::SeqCst))
+            .sealed_loads(self.sealed_loads.load(Ordering::SeqCst))
     }
 
     /// The state it holds now.

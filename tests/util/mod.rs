@@ -110,6 +110,28 @@ pub async fn connected(c: &coordinator::Coordinator) {
         .expect("helpers connect");
 }
 
+/// A state no stream of the tests holds: given to helpers before a load
+/// that must fail, so that one completed by mistake shows.
+pub const OLD: &[u8] = b"old state";
+
+/// Gives every helper the [`OLD`] state.
+pub fn give_old<'a>(fakes: impl IntoIterator<Item = &'a std::sync::Arc<Fake>>) {
+    for f in fakes {
+        f.set_data(OLD.to_vec());
+    }
+}
+
+/// Checks that every helper still holds the [`OLD`] state after `what`.
+pub fn assert_all_old<'a>(fakes: impl IntoIterator<Item = &'a std::sync::Arc<Fake>>, what: &str) {
+    for f in fakes {
+        assert!(
+            f.data() == OLD,
+            "{what}: helper {:?} completed a load from a stream that failed",
+            dbus_vmstate::helper::State::id(f.as_ref())
+        );
+    }
+}
+
 /// Checks that `c` still serves after a fault: with `helpers` scripted to
 /// behave (their scripts reset to [`Step::Whole`], fresh state each), a
 /// save succeeds and the load of that stream restores exactly that state.

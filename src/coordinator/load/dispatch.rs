@@ -28,7 +28,9 @@ use super::plain::Collect;
 use super::verify::{read_error, Contents};
 use crate::coordinator::budget::Budget;
 use crate::coordinator::transfer::pool::Pool;
-use crate::error::Error;
+use crate::coordinator::{policy, HelperSpec};
+use crate::error::{Call, Error};
+use crate::iface;
 use crate::stream::{self, native, Limits, Record};
 
 /// Chunks queued for one streaming helper beyond the one its feeder is
@@ -209,6 +211,98 @@ pub(crate) fn native(
     // The whole stream verified: every held-back load may complete.
     for route in complete {
         route.finish();
+    }
+    Ok(())
+}
+
+/// The verifying pass of a live load ([`super::live`]): a native stream
+/// read once, whose contents are learnt as it comes. Each state's route
+/// starts at its `BEGIN` (a plain state is collected as it grows, within
+/// the budget); the routes finish, as in [`native()`], only once
+/// `STREAM_END` has verified and the stream holds what `helpers` require.
+/// Returns each helper's Id and state size, in stream order.
+///
+/// # Errors
+///
+/// A read or verification error; an Id not in `helpers`, at its `BEGIN`;
+/// a required helper missing, at the end; a plain state over one
+/// message or over the budget, as soon as it is. The routes are then
+/// dropped unfinished, which aborts their helpers.
+pub(crate) fn live(
+    input: Box<dyn Read + Send>,
+    limits: Limits,
+    helpers: &[HelperSpec],
+    mut routes: Routes,
+    pool: &Pool,
+    budget: &Arc<Budget>,
+) -> Result<Contents, Error> {
+    let mut reader = native::Reader::new(input, limits).map_err(read_error)?;
+    // By helper index, as the stream numbers them: the route and the Id.
+    let mut open: Vec<(Option<Route>, String)> = Vec::new();
+    let mut complete: Vec<Route> = Vec::new();
+    while let Some(event) = reader.next_event().map_err(read_error)? {
+        match event {
+            native::Event::Begin { id, .. } => {
+                if !helpers.iter().any(|h| h.id == id) {
+                    return Err(Error::UnknownInStream { id: id.to_string() });
+                }
+                let mut route = routes.remove(id);
+                if let Some(Route::Plain { data, .. }) = &mut route {
+                    *data = Some(Collect::growing(budget));
+                }
+                open.push((route, id.to_string()));
+            }
+            native::Event::Chunk { helper, data } => {
+                if let Some((Some(route), id)) = open.get_mut(helper as usize) {
+                    if let Route::Plain {
+                        data: Some(collected),
+                        ..
+                    } = route
+                    {
+                        plain_fits(id, collected.len() + data.len() as u64, budget)?;
+                    }
+                    route.chunk(data, pool)?;
+                }
+            }
+            native::Event::End { helper, .. } => {
+                if let Some(route) = open.get_mut(helper as usize).and_then(|(r, _)| r.take()) {
+                    complete.push(route);
+                }
+            }
+        }
+    }
+    let contents: Contents = reader
+        .summary()
+        .helpers
+        .into_iter()
+        .map(|h| (h.id, h.bytes))
+        .collect();
+    let ids: Vec<Record> = contents
+        .iter()
+        .map(|(id, _)| Record::new(id.clone(), Vec::new()))
+        .collect();
+    policy::plan_load(helpers, &ids)?;
+    // The whole stream verified: every held-back load may complete.
+    for route in complete {
+        route.finish();
+    }
+    Ok(contents)
+}
+
+/// Checks that a plain state grown to `size` bytes still fits in one
+/// `Load` message and in the budget.
+fn plain_fits(id: &str, size: u64, budget: &Budget) -> Result<(), Error> {
+    let limit = iface::MAX_LOAD_BLOB_BYTES as u64;
+    if size > limit {
+        return Err(Error::OverMessageLimit {
+            id: id.to_string(),
+            call: Call::Load,
+            size: None,
+            limit,
+        });
+    }
+    if size > budget.limit() {
+        return Err(super::plain::over_budget(id, size, budget));
     }
     Ok(())
 }

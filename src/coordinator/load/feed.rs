@@ -2,11 +2,17 @@
 //! while a feeder thread writes the state into the other end as the
 //! verifying pass hands it over.
 //!
-//! The feeder holds back the state's last byte until the verifying pass
-//! has verified the whole stream ([`Feed::Finish`]), then sends it and
-//! shuts down its end. If the pass fails first, the socket closes a byte
-//! short, so the helper never sees a complete state it should not load
-//! ([the rule](crate::coordinator#loading)).
+//! Nothing the helper receives completes its load before the verifying
+//! pass has verified the whole stream ([`Feed::Finish`],
+//! [the rule](crate::coordinator#loading)):
+//!
+//! - an announced load ([`load`], `org.dbusvmstate.Stream1`) holds back
+//!   the state's last byte, then sends it and shuts down its end; if the
+//!   pass fails first, the socket closes a byte short;
+//! - a sealed load ([`load_sealed`], `org.dbusvmstate.SealedLoad1`, for a
+//!   state whose size is not known in advance) sends every byte as it
+//!   comes, then the trailer of the call's seal; if the pass fails first,
+//!   the socket closes without it.
 
 use std::os::fd::AsFd;
 use std::sync::mpsc::Receiver;
@@ -35,8 +41,8 @@ pub(crate) enum Feed {
 /// How a feeder ended.
 #[derive(Debug)]
 enum Fed {
-    /// All bytes sent and the stream ended.
-    Done,
+    /// All bytes sent (this many) and the stream ended.
+    Done(u64),
     /// Writing failed after this many bytes (the helper closed its end).
     Failed(std::io::Error, u64),
     /// The verifying pass stopped before the whole stream verified.
@@ -85,17 +91,84 @@ pub(crate) async fn load(
         reply
     };
     let result = match call.within(futures::future::join(load_fd, feeder)).await {
-        Ok((reply, fed)) => judge(&call, size, reply, fed),
+        Ok((reply, fed)) => judge(&call, Some(size), reply, fed),
         Err(timed_out) => {
             // The feeder's writes now fail; it drains the rest.
             pair::abort(&control);
             Err(timed_out)
         }
     };
-    result.map(|()| Transfer {
-        bytes: size,
+    result.map(|bytes| Transfer {
+        bytes,
         duration: started.elapsed(),
     })
+}
+
+/// Loads the helper in slot `index` through the sealed `LoadFd`, with what
+/// arrives on `feed`, starting when the first of it does. `None` when
+/// `feed` ends before anything arrived: the stream held no state for the
+/// helper, or failed before it; the helper was not called. Consumes `feed`
+/// to its end whatever happens.
+pub(crate) async fn load_sealed(
+    inner: &Inner,
+    index: usize,
+    peer: &Peer,
+    feed: Receiver<Feed>,
+    pool: Arc<Pool>,
+) -> Option<Result<Transfer, Error>> {
+    let call = HelperCall::new(inner, index, Call::Load);
+    let (first, feed) = rt::spawn_blocking(move || (feed.recv().ok(), feed)).await;
+    let first = first?;
+    let pair = Pair::new().and_then(|p| Ok((p.ours.try_clone()?, p)));
+    let (control, Pair { ours, theirs }) = match pair {
+        Ok(pair) => pair,
+        Err(source) => {
+            drop(rt::spawn(rt::spawn_blocking(move || {
+                drain(&feed, &pool);
+            })));
+            return Some(Err(
+                call.transfer("cannot create its socket pair", Some(source))
+            ));
+        }
+    };
+    let seal = new_seal();
+    let started = Instant::now();
+    let feeder = rt::spawn_blocking(move || feed_sealed(&ours, seal, first, &feed, &pool));
+    let load_fd = async {
+        let reply =
+            iface::call_load_fd_sealed(&peer.conn, peer.destination(), theirs.as_fd(), seal).await;
+        drop(theirs);
+        if reply.is_err() {
+            pair::abort(&control);
+        }
+        reply
+    };
+    let result = match call.within(futures::future::join(load_fd, feeder)).await {
+        Ok((reply, fed)) => judge(&call, None, reply, fed),
+        Err(timed_out) => {
+            pair::abort(&control);
+            Err(timed_out)
+        }
+    };
+    Some(result.map(|bytes| Transfer {
+        bytes,
+        duration: started.elapsed(),
+    }))
+}
+
+/// A fresh seal for one sealed load. It is no secret and needs none: it
+/// only makes sure that a socket closed early cannot end with bytes that
+/// look like the trailer by chance, or because the stream was written to,
+/// since whoever writes the stream cannot know it. (Whoever can write a
+/// version 1 stream can give a helper any state anyway: its checksums
+/// catch corruption, not forgery.) `RandomState` is keyed from the
+/// operating system's random source.
+fn new_seal() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.finish()
 }
 
 /// Waits until the verifying pass finishes an empty state (the whole
@@ -110,22 +183,41 @@ async fn committed(feed: Receiver<Feed>) -> Option<Receiver<Feed>> {
     })
 }
 
-/// The outcome of the call and the feeding together.
-fn judge(call: &HelperCall<'_>, size: u64, reply: zbus::Result<()>, fed: Fed) -> Result<(), Error> {
+/// The outcome of the call and the feeding together: the bytes loaded.
+/// `announced` is the size an announced load gave the helper.
+fn judge(
+    call: &HelperCall<'_>,
+    announced: Option<u64>,
+    reply: zbus::Result<()>,
+    fed: Fed,
+) -> Result<u64, Error> {
+    let bytes = |sent: u64| match announced {
+        Some(size) => format!("{sent} of {size} bytes"),
+        None => format!("{sent} bytes"),
+    };
     match (reply, fed) {
-        (Ok(()), Fed::Done) => Ok(()),
+        (Ok(()), Fed::Done(sent)) => Ok(sent),
         // The helper's error is a consequence; the stream's is reported.
         (_, Fed::Aborted(sent)) => Err(call.transfer(
-            format!("aborted after {sent} of {size} bytes: the stream failed verification"),
+            format!(
+                "aborted after {}: the stream failed verification",
+                bytes(sent)
+            ),
             None,
         )),
         (_, Fed::Overrun) => Err(call.transfer(
-            format!("the stream held more than the {size} bytes announced"),
+            format!(
+                "the stream held more than the {} bytes announced",
+                announced.unwrap_or_default()
+            ),
             None,
         )),
         (Err(source), _) => Err(call.failed(source)),
         (Ok(()), Fed::Failed(e, sent)) => Err(call.transfer(
-            format!("the helper replied success but stopped reading after {sent} of {size} bytes"),
+            format!(
+                "the helper replied success but stopped reading after {}",
+                bytes(sent)
+            ),
             Some(e),
         )),
     }
@@ -176,7 +268,45 @@ fn feed_socket(end: &Socket, size: u64, feed: &Receiver<Feed>, pool: &Pool) -> F
                 // which its reply tells.
                 let _ = end.shutdown(std::net::Shutdown::Write);
                 drain(feed, pool);
-                return Fed::Done;
+                return Fed::Done(sent);
+            }
+        }
+    }
+    pair::abort(end);
+    failure.unwrap_or(Fed::Aborted(sent))
+}
+
+/// The feeder thread of a sealed load, starting with `first`.
+fn feed_sealed(end: &Socket, seal: u64, first: Feed, feed: &Receiver<Feed>, pool: &Pool) -> Fed {
+    let mut sent = 0u64;
+    let mut failure: Option<Fed> = None;
+    for msg in std::iter::once(first).chain(feed.iter()) {
+        match msg {
+            Feed::Data(buf) => {
+                if failure.is_none() {
+                    match pair::send_all(end, &buf) {
+                        Ok(()) => sent += buf.len() as u64,
+                        Err(e) => {
+                            pair::abort(end);
+                            failure = Some(Fed::Failed(e, sent));
+                        }
+                    }
+                }
+                pool.put(buf);
+            }
+            Feed::Finish => {
+                if let Some(f) = failure {
+                    drain(feed, pool);
+                    return f;
+                }
+                if let Err(e) = pair::send_all(end, &iface::seal_trailer(seal, sent)) {
+                    pair::abort(end);
+                    drain(feed, pool);
+                    return Fed::Failed(e, sent);
+                }
+                let _ = end.shutdown(std::net::Shutdown::Write);
+                drain(feed, pool);
+                return Fed::Done(sent);
             }
         }
     }

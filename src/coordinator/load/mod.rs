@@ -1,10 +1,12 @@
-//! Load: learn each state's size, then load every helper at once while
-//! one pass verifies the stream, completing no load before all of it has
-//! verified, as [the coordinator's docs](crate::coordinator#loading)
-//! describe.
+//! Load: every helper at once while one pass verifies the stream,
+//! completing no load before all of it has verified, as [the
+//! coordinator's docs](crate::coordinator#loading) describe.
 //!
-//! The sizes come from the index of a seekable input ([`index`]) or from
-//! verifying a spooled one ([`verify`]); only then is any helper called.
+//! A native stream read once (a pipe) is loaded as it arrives ([`live`]),
+//! when every streaming helper serves the sealed load. Otherwise each
+//! state's size is learnt first, from the index of a seekable input
+//! ([`index`]) or from verifying a spooled one ([`verify`]), and only then
+//! is any helper called.
 //! The verifying pass ([`dispatch`]) reads the stream and hands each
 //! helper's chunks to a feeder thread writing into its socket ([`feed`],
 //! streaming helpers) or collects them for one `Load` message (plain
@@ -14,6 +16,7 @@
 mod dispatch;
 mod feed;
 mod index;
+mod live;
 mod plain;
 mod verify;
 
@@ -54,10 +57,17 @@ pub(super) async fn load<R>(
 where
     R: Read + Send + 'static,
 {
-    let (limits, known) = (limits(inner), known(inner));
+    let limits = limits(inner);
     let started = Instant::now();
-    let verified =
-        rt::spawn_blocking(move || verify::spooled(input, format, limits, &known)).await?;
+    let input = match rt::spawn_blocking(move || verify::open(input, format, limits)).await? {
+        verify::Opened::Qemu(verified) => return run(inner, verified, started.elapsed()).await,
+        verify::Opened::Native(input) => input,
+    };
+    if let Some(plan) = live::plan(inner).await? {
+        return live::run(inner, input, plan).await;
+    }
+    let known = known(inner);
+    let verified = rt::spawn_blocking(move || verify::spool(input, limits, &known)).await?;
     run(inner, verified, started.elapsed()).await
 }
 
@@ -270,14 +280,7 @@ async fn load_all(
                     feed::load(inner, t.slot, &t.peer, t.size, feed, pool).await
                 }
                 Incoming::Plain(data) => match data.await {
-                    Ok(collected) => {
-                        let id = &inner.slots[t.slot].spec.id;
-                        let (data, room) = collected.into_memory(&inner.config.budget, id).await?;
-                        let loaded = load_plain(inner, t.slot, &t.peer, data).await;
-                        // The state's room is given back once its Load is over.
-                        drop(room);
-                        loaded
-                    }
+                    Ok(collected) => load_collected(inner, t.slot, &t.peer, collected).await,
                     Err(oneshot::Canceled) => Err(HelperCall::new(inner, t.slot, Call::Load)
                         .transfer("not called: the stream failed verification", None)),
                 },
@@ -286,6 +289,22 @@ async fn load_all(
         }
     }))
     .await
+}
+
+/// Calls plain `Load` with a collected state, once its room in the
+/// budget is free.
+async fn load_collected(
+    inner: &Inner,
+    index: usize,
+    peer: &Peer,
+    collected: Collect,
+) -> Result<Transfer, Error> {
+    let id = &inner.slots[index].spec.id;
+    let (data, room) = collected.into_memory(&inner.config.budget, id).await?;
+    let loaded = load_plain(inner, index, peer, data).await;
+    // The state's room is given back once its Load is over.
+    drop(room);
+    loaded
 }
 
 /// Calls plain `Load` with the whole state.

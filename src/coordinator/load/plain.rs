@@ -83,12 +83,47 @@ impl Collect {
         }
     }
 
-    /// Appends the next bytes of the state.
+    /// Starts collecting a state whose size is not known yet (read from a
+    /// pipe): in memory while the room of what arrived is free, then in a
+    /// temporary file.
+    pub(crate) fn growing(budget: &Arc<Budget>) -> Self {
+        Collect::Memory {
+            data: Vec::new(),
+            permit: budget
+                .try_take(0)
+                .unwrap_or_else(|| unreachable!("0 bytes always fit")),
+        }
+    }
+
+    /// The bytes collected so far.
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Collect::Memory { data, .. } => data.len() as u64,
+            Collect::Spilled { bytes, .. } => *bytes,
+        }
+    }
+
+    /// Appends the next bytes of the state. A state in memory that
+    /// outgrows its room takes more if it is free, else moves to a
+    /// temporary file.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the temporary file cannot be written.
+    /// [`Error::Io`] when the temporary file cannot be created or written.
     pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), Error> {
+        if let Collect::Memory { data: held, permit } = self {
+            let len = held.len() as u64 + data.len() as u64;
+            let room = room_for_load(len, permit.budget());
+            let fits = len <= permit.budget().limit();
+            if !fits || (room > permit.bytes() && !permit.try_grow(room)) {
+                let mut file = tempfile::tempfile_in(spill_dir()).map_err(spill_error)?;
+                file.write_all(held).map_err(spill_error)?;
+                *self = Collect::Spilled {
+                    file,
+                    bytes: held.len() as u64,
+                };
+            }
+        }
         match self {
             Collect::Memory { data: held, .. } => held.extend_from_slice(data),
             Collect::Spilled { file, bytes } => {
@@ -175,6 +210,23 @@ mod tests {
         assert_eq!(room_for_load(4, &budget), 10);
         let c = Collect::start(&budget, 4).unwrap();
         assert!(matches!(c, Collect::Memory { .. }));
+    }
+
+    #[test]
+    fn a_growing_state_moves_to_a_file_when_its_room_runs_out() {
+        // 20 bytes free: room for a Load of 6 bytes (18), not of 7 (21).
+        let budget = Budget::new(30);
+        let other = budget.try_take(10).unwrap();
+        let mut c = Collect::growing(&budget);
+        c.push(b"123").unwrap();
+        c.push(b"456").unwrap();
+        assert!(matches!(c, Collect::Memory { .. }));
+        c.push(b"7").unwrap();
+        assert!(matches!(c, Collect::Spilled { .. }));
+        assert_eq!(c.len(), 7);
+        // Its room was given back when it moved.
+        assert!(budget.try_take(20).is_some());
+        drop(other);
     }
 
     #[test]

@@ -117,19 +117,46 @@ fn first_pass<R: Read>(input: R, limits: Limits, known: &Known) -> Result<native
     Ok(reader.summary())
 }
 
-/// First pass over an input read only once: a native stream is spooled.
-pub(crate) fn spooled<R: Read>(
+/// An input read only once, its format settled.
+pub(crate) enum Opened {
+    /// A QEMU payload, decoded and verified.
+    Qemu(Verified),
+    /// A native stream, from its start.
+    Native(Box<dyn Read + Send>),
+}
+
+/// Reads the first bytes of an input read only once: a QEMU payload is
+/// decoded, a native stream handed back to be read from its start.
+pub(crate) fn open<R: Read + Send + 'static>(
     mut input: R,
+    format: Option<Format>,
+    limits: Limits,
+) -> Result<Opened, Error> {
+    let prefix = read_prefix(&mut input)?;
+    let format = format_of(&prefix, format)?;
+    let input = Cursor::new(prefix).chain(input);
+    match format {
+        Format::Qemu => decode_qemu(input, limits).map(Opened::Qemu),
+        Format::Native => Ok(Opened::Native(Box::new(input))),
+    }
+}
+
+/// First pass over an input read only once: a native stream is spooled.
+pub(crate) fn spooled<R: Read + Send + 'static>(
+    input: R,
     format: Option<Format>,
     limits: Limits,
     known: &Known,
 ) -> Result<Verified, Error> {
-    let prefix = read_prefix(&mut input)?;
-    let format = format_of(&prefix, format)?;
-    let input = Cursor::new(prefix).chain(input);
-    if format == Format::Qemu {
-        return decode_qemu(input, limits);
+    match open(input, format, limits)? {
+        Opened::Qemu(verified) => Ok(verified),
+        Opened::Native(input) => spool(input, limits, known),
     }
+}
+
+/// Verifies a native stream read only once while copying it to a spool,
+/// and hands the spool back for the verifying pass.
+pub(crate) fn spool<R: Read>(input: R, limits: Limits, known: &Known) -> Result<Verified, Error> {
     let mut spool = tempfile::spooled_tempfile(SPOOL_MEMORY_BYTES);
     let mut tee = Tee {
         input,
@@ -193,8 +220,13 @@ mod tests {
         ["a", "b"].iter().map(|s| s.to_string()).collect()
     }
 
-    fn spool(bytes: &[u8]) -> Result<Verified, Error> {
-        spooled(bytes, None, Limits::default(), &known())
+    fn spool_bytes(bytes: &[u8]) -> Result<Verified, Error> {
+        spooled(
+            Cursor::new(bytes.to_vec()),
+            None,
+            Limits::default(),
+            &known(),
+        )
     }
 
     fn read_back(v: Verified) -> Vec<u8> {
@@ -211,7 +243,7 @@ mod tests {
     #[test]
     fn spooled_input_is_verified_and_replayed() {
         let bytes = stream();
-        let v = spool(&bytes).unwrap();
+        let v = spool_bytes(&bytes).unwrap();
         assert_eq!(v.contents(), vec![("a".into(), 3000), ("b".into(), 0)]);
         assert_eq!(read_back(v), bytes);
     }
@@ -221,7 +253,7 @@ mod tests {
         let mut bytes = stream();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(matches!(spool(&bytes), Err(Error::Stream(_))));
+        assert!(matches!(spool_bytes(&bytes), Err(Error::Stream(_))));
     }
 
     #[test]
@@ -229,7 +261,7 @@ mod tests {
         let mut bytes = native::encode(&[Record::new("zz", vec![1])]).unwrap();
         // Cut after the unknown BEGIN: nothing after it is needed.
         bytes.truncate(native::HEADER_BYTES + 18);
-        let err = spool(&bytes).err().unwrap();
+        let err = spool_bytes(&bytes).err().unwrap();
         assert!(
             matches!(&err, Error::UnknownInStream { id } if id == "zz"),
             "{err}"
@@ -240,7 +272,7 @@ mod tests {
     fn qemu_payloads_are_decoded() {
         let mut bytes = Vec::new();
         qemu::write(&mut bytes, &[Record::new("a", b"x".to_vec())]).unwrap();
-        let v = spool(&bytes).unwrap();
+        let v = spool_bytes(&bytes).unwrap();
         assert_eq!(v.format(), Format::Qemu);
         assert_eq!(v.contents(), vec![("a".into(), 1)]);
     }
