@@ -100,7 +100,7 @@ fn inspect_rejects_bad_streams_with_exit_1() {
     // starts at byte 39); the path is printed too, so the needle must not be
     // the case's name.
     let len = good.len();
-    let cases: [(&str, Vec<u8>, String); 5] = [
+    let cases: [(&str, Vec<u8>, String); 6] = [
         (
             "truncated",
             good[..len - 1].to_vec(),
@@ -125,6 +125,11 @@ fn inspect_rejects_bad_streams_with_exit_1() {
             "empty",
             Vec::new(),
             "not a state stream: the input is empty".into(),
+        ),
+        (
+            "migration",
+            std::fs::read(data("qemu-7.2-two-helpers.migration")).unwrap(),
+            "a qemu migration file, not a state stream (`dbus-vmstate convert --to native".into(),
         ),
     ];
     for (name, bytes, needle) in cases {
