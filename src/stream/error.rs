@@ -119,6 +119,40 @@ pub enum Error {
         offset: u64,
     },
 
+    /// The input is not a QEMU migration stream this reader knows.
+    #[error("not a QEMU migration stream: {reason}")]
+    NotMigration {
+        /// What is wrong with its header.
+        reason: &'static str,
+    },
+
+    /// A QEMU migration stream holds no `dbus-vmstate` section.
+    #[error("no dbus-vmstate section in the QEMU migration stream")]
+    NoSection,
+
+    /// A QEMU migration stream holds two `dbus-vmstate` sections.
+    #[error(
+        "two dbus-vmstate sections in the QEMU migration stream, at bytes {first} and {second}: \
+         cannot tell which one to take"
+    )]
+    AmbiguousSection {
+        /// Where the first section starts.
+        first: u64,
+        /// Where the second section starts.
+        second: u64,
+    },
+
+    /// The payload of a migration stream's `dbus-vmstate` section is
+    /// rejected (the cause is the payload decoder's error).
+    #[error("dbus-vmstate section at byte {offset}: payload rejected")]
+    Section {
+        /// Where the section starts in the migration stream.
+        offset: u64,
+        /// Why the payload was rejected.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A writer was asked to write to a helper index it has not begun or
     /// has already ended.
     #[error("helper index {helper} is not open for writing")]
@@ -148,6 +182,7 @@ impl Error {
             | Error::OverLimit { id, .. }
             | Error::Corrupt { id, .. } => id.as_deref(),
             Error::DuplicateId { id } | Error::StillOpen { id } => Some(id),
+            Error::Section { source, .. } => source.helper_id(),
             _ => None,
         }
     }
@@ -158,14 +193,19 @@ impl Error {
             Error::Truncated { offset, .. }
             | Error::Checksum { offset, .. }
             | Error::Corrupt { offset, .. }
-            | Error::TrailingData { offset } => Some(*offset),
+            | Error::TrailingData { offset }
+            | Error::Section { offset, .. } => Some(*offset),
             _ => None,
         }
     }
 
     /// Whether the input ended early (as opposed to being wrong).
     pub fn is_truncated(&self) -> bool {
-        matches!(self, Error::Truncated { .. })
+        match self {
+            Error::Truncated { .. } => true,
+            Error::Section { source, .. } => source.is_truncated(),
+            _ => false,
+        }
     }
 
     /// A [`Error::Corrupt`] at `offset`.

@@ -233,6 +233,20 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// A length as the `u32` a format stores it in.
+///
+/// # Errors
+///
+/// [`Error::OverLimit`] naming `what` when it does not fit.
+fn u32_len(len: usize, what: &'static str) -> Result<u32, Error> {
+    u32::try_from(len).map_err(|_| Error::OverLimit {
+        what,
+        found: len_u64(len),
+        limit: u64::from(u32::MAX),
+        id: None,
+    })
+}
+
 /// Converts an in-memory length to the `u64` the formats count in.
 fn len_u64(len: usize) -> u64 {
     // usize is at most 64 bits on every target Rust supports.

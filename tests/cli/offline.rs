@@ -100,7 +100,7 @@ fn inspect_rejects_bad_streams_with_exit_1() {
     // starts at byte 39); the path is printed too, so the needle must not be
     // the case's name.
     let len = good.len();
-    let cases: [(&str, Vec<u8>, String); 5] = [
+    let cases: [(&str, Vec<u8>, String); 6] = [
         (
             "truncated",
             good[..len - 1].to_vec(),
@@ -125,6 +125,11 @@ fn inspect_rejects_bad_streams_with_exit_1() {
             "empty",
             Vec::new(),
             "not a state stream: the input is empty".into(),
+        ),
+        (
+            "migration",
+            std::fs::read(data("qemu-7.2-two-helpers.migration")).unwrap(),
+            "a qemu migration file, not a state stream (`dbus-vmstate convert --to native".into(),
         ),
     ];
     for (name, bytes, needle) in cases {
@@ -227,4 +232,179 @@ fn convert_refuses_what_it_cannot_write_and_leaves_no_file() {
 
     let out = run_bin(["convert", "--to", "tar", arg(&bad), arg(&out_path)]);
     assert_exit(&out, 2);
+}
+
+/// A whole migration file real QEMU 7.2 wrote (tests/data/README.md).
+const QEMU_7_2_MIGRATION: &str = "qemu-7.2-two-helpers.migration";
+
+/// The two helpers' states in [`QEMU_7_2_MIGRATION`].
+fn qemu_7_2_records() -> Vec<Record> {
+    vec![
+        Record::new("idA", b"I'am\0idA!\0".to_vec()),
+        Record::new("idB", b"I'am\0idB!\0".to_vec()),
+    ]
+}
+
+#[test]
+fn convert_takes_the_payload_out_of_a_qemu_migration_file() {
+    let tmp = tmpdir();
+    let native_out = tmp.path().join("helpers.vmstate");
+    let migration = data(QEMU_7_2_MIGRATION);
+    // Detected by its magic, and named with --from.
+    for from in [&[][..], &["--from", "qemu-migration"][..]] {
+        let mut args = vec!["convert", "--to", "native"];
+        args.extend_from_slice(from);
+        args.extend([arg(&migration), arg(&native_out)]);
+        let out = run_bin(args);
+        assert_exit(&out, 0);
+        assert!(
+            text(&out.stdout).contains("2 helpers from qemu-migration to native"),
+            "{}",
+            text(&out.stdout)
+        );
+        let records =
+            native::read_all(std::fs::File::open(&native_out).unwrap(), Limits::default()).unwrap();
+        assert_eq!(records, qemu_7_2_records());
+    }
+    // As QEMU's payload: the same entries as the committed payload.
+    let out = run_bin([
+        "convert",
+        "--to",
+        "qemu",
+        arg(&data(QEMU_7_2_MIGRATION)),
+        "-",
+    ]);
+    assert_exit(&out, 0);
+    let golden = std::fs::read(data(QEMU_7_2)).unwrap();
+    assert_eq!(
+        out.stdout,
+        golden[..46],
+        "the payload without QEMU's padding"
+    );
+}
+
+#[test]
+fn convert_splices_a_payload_into_a_qemu_migration_file() {
+    let tmp = tmpdir();
+    let new = vec![
+        Record::new("idA", pattern(4097, 7)),
+        Record::new("idB", Vec::new()),
+    ];
+    let input = tmp.path().join("new.vmstate");
+    std::fs::write(&input, native::encode(&new).unwrap()).unwrap();
+    let spliced = tmp.path().join("new.migration");
+    let base = data(QEMU_7_2_MIGRATION);
+    let out = run_bin([
+        "convert",
+        "--to",
+        "qemu-migration",
+        "--base",
+        arg(&base),
+        arg(&input),
+        arg(&spliced),
+    ]);
+    assert_exit(&out, 0);
+
+    let back = tmp.path().join("back.vmstate");
+    let out = run_bin(["convert", "--to", "native", arg(&spliced), arg(&back)]);
+    assert_exit(&out, 0);
+    let records = native::read_all(std::fs::File::open(&back).unwrap(), Limits::default()).unwrap();
+    assert_eq!(records, new);
+
+    // Only data_size and the payload differ: the 64-byte payload starts at
+    // byte 0xa4 of the original, after its size.
+    let (old, got) = (
+        std::fs::read(&base).unwrap(),
+        std::fs::read(&spliced).unwrap(),
+    );
+    let payload = qemu::encode(&new).unwrap();
+    assert_eq!(got[..0xa0], old[..0xa0]);
+    assert_eq!(got[0xa0..0xa4], (payload.len() as u32).to_be_bytes());
+    assert_eq!(got[0xa4..0xa4 + payload.len()], payload[..]);
+    assert_eq!(got[0xa4 + payload.len()..], old[0xa4 + 64..]);
+}
+
+#[test]
+fn convert_refuses_migration_files_without_one_section_and_leaves_no_file() {
+    let tmp = tmpdir();
+    let out_path = tmp.path().join("out");
+    let original = std::fs::read(data(QEMU_7_2_MIGRATION)).unwrap();
+    // The section is bytes 0x79..0xe9 (header, size, payload, footer).
+    let section = &original[0x79..0xe9];
+    let none = [&original[..0x79], &original[0xe9..]].concat();
+    let two = [&original[..0xe9], section, &original[0xe9..]].concat();
+    let cut = original[..0xb0].to_vec();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("none", none, "no dbus-vmstate section"),
+        (
+            "two",
+            two,
+            "two dbus-vmstate sections in the QEMU migration stream, at bytes 121 and 233",
+        ),
+        (
+            "cut",
+            cut,
+            "truncated at byte 176: expected dbus-vmstate payload",
+        ),
+        ("payload", original[0xa4..].to_vec(), "bad magic"),
+    ];
+    for (name, bytes, reason) in cases {
+        let file = tmp.path().join(format!("{name}.migration"));
+        std::fs::write(&file, bytes).unwrap();
+        let extract = run_bin([
+            "convert",
+            "--to",
+            "native",
+            "--from",
+            "qemu-migration",
+            arg(&file),
+            arg(&out_path),
+        ]);
+        let splice = run_bin([
+            "convert",
+            "--to",
+            "qemu-migration",
+            "--base",
+            arg(&file),
+            arg(&data(NATIVE_V1)),
+            arg(&out_path),
+        ]);
+        for out in [extract, splice] {
+            assert_exit(&out, 1);
+            let err = text(&out.stderr);
+            assert!(
+                err.contains("no dbus-vmstate payload can be taken"),
+                "{name}: {err}"
+            );
+            assert!(err.contains(reason), "{name}: {err}");
+        }
+        assert!(!out_path.exists(), "{name}: no output file");
+    }
+
+    // --base belongs to --to qemu-migration, which needs it.
+    let base = data(QEMU_7_2_MIGRATION);
+    let out = run_bin([
+        "convert",
+        "--to",
+        "native",
+        "--base",
+        arg(&base),
+        arg(&base),
+        "-",
+    ]);
+    assert_exit(&out, 2);
+    let out = run_bin([
+        "convert",
+        "--to",
+        "qemu-migration",
+        arg(&base),
+        arg(&out_path),
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("--base"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(entries(tmp.path()).len(), 4, "only the four inputs");
 }

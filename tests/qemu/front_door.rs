@@ -40,6 +40,26 @@ fn load(root: &std::path::Path, side: &FrontDoor, ids: &[&str]) -> (Qemu, Outcom
     (qemu, outcome)
 }
 
+/// An incoming QEMU loads `root/migration` into fresh, empty helpers a and
+/// b of `kind` behind a `serve --qemu-socket`: each gets one `Load` and
+/// then holds exactly the [`SIZES`] states of seed [`SEED`].
+fn load_into_fresh_helpers(root: &std::path::Path, kind: Kind) {
+    let ids = ["a", "b"];
+    let dst = FrontDoor::start(root, "dst", &ids, &[]);
+    let helpers = Helpers::start(kind, &dst.dir, &[("a", 0), ("b", 0)], 0);
+    dst.wait_connected(&ids);
+    let (qemu, outcome) = load(root, &dst, &ids);
+    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &dst));
+    for fake in &helpers.fakes {
+        assert_eq!(fake.loads(), 1, "Load calls on {fake:?}");
+    }
+    assert_records(
+        &dst.held(),
+        &expected(&SIZES, SEED),
+        "the destination helpers",
+    );
+}
+
 /// Two helpers of `kind` migrate from one QEMU to another, a `serve
 /// --qemu-socket` on each side: QEMU's file holds exactly their bytes, and
 /// fresh, empty helpers on the destination hold exactly those bytes once
@@ -63,19 +83,7 @@ fn migrate(kind: Kind) {
         "QEMU's migration file",
     );
 
-    let dst = FrontDoor::start(root, "dst", &ids, &[]);
-    let helpers = Helpers::start(kind, &dst.dir, &[("a", 0), ("b", 0)], 0);
-    dst.wait_connected(&ids);
-    let (qemu, outcome) = load(root, &dst, &ids);
-    assert!(outcome.completed(), "{}", explain(&outcome, &qemu, &dst));
-    for fake in &helpers.fakes {
-        assert_eq!(fake.loads(), 1, "Load calls on {fake:?}");
-    }
-    assert_records(
-        &dst.held(),
-        &expected(&SIZES, SEED),
-        "the destination helpers",
-    );
+    load_into_fresh_helpers(root, kind);
 }
 
 #[test]
@@ -91,6 +99,31 @@ fn gdbus_p2p_helpers_migrate_between_two_qemus() {
 #[test]
 fn gdbus_bus_style_helpers_migrate_between_two_qemus() {
     migrate(Kind::GdbusBus);
+}
+
+/// The committed QEMU 7.2 migration file (helpers idA and idB), with
+/// `convert --to qemu-migration` putting the states of a and b in its
+/// `dbus-vmstate` section, loads into a real QEMU: the destination
+/// helpers hold exactly those states.
+#[test]
+fn a_migration_file_with_a_spliced_payload_loads_into_qemu() {
+    if !require(Requirement::Qemu) {
+        return;
+    }
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let states = root.join("states.vmstate");
+    let encoded = dbus_vmstate::stream::native::encode(&expected(&SIZES, SEED));
+    std::fs::write(&states, encoded.expect("encode the states")).expect("write the states");
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/qemu-7.2-two-helpers.migration");
+    let migration = root.join("migration");
+    let mut args = vec!["convert", "--to", "qemu-migration", "--base"];
+    args.extend([&base, &states, &migration].map(|p| p.to_str().expect("UTF-8 path")));
+    let out = crate::util::process::run_bin(args);
+    assert!(out.status.success(), "convert: {out:?}");
+
+    load_into_fresh_helpers(root, Kind::Library);
 }
 
 /// `serve` has helpers a, b and c; QEMU's `id-list` names a and b. QEMU

@@ -23,10 +23,9 @@ pub fn start_qemu(dir: &Path, name: &str, config: &Config) -> Qemu {
 /// sorted by Id.
 pub fn saved_by_qemu(migration: &Path) -> Vec<Record> {
     let bytes = std::fs::read(migration).expect("read the migration file");
-    let payload = qemu::dbus_vmstate_payload(&bytes)
-        .unwrap_or_else(|| panic!("no dbus-vmstate section in {}", migration.display()));
-    let mut records = stream::qemu::read(&payload[..], Default::default())
-        .expect("QEMU's dbus-vmstate payload decodes")
+    let mut records = stream::qemu::migration::locate(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", migration.display()))
+        .decoded
         .records;
     records.sort_by(|a, b| a.id.cmp(&b.id));
     records

@@ -491,18 +491,3 @@ impl Drop for Bus {
         let _ = self.child.wait();
     }
 }
-
-/// The payload of the `dbus-vmstate` section in a migration file QEMU
-/// wrote (the helpers' Ids and states, in QEMU's own format), if the file
-/// holds one.
-pub fn dbus_vmstate_payload(migration: &[u8]) -> Option<Vec<u8>> {
-    const IDSTR: &[u8] = b"dbus-vmstate/dbus-vmstate";
-    let at = migration.windows(IDSTR.len()).position(|w| w == IDSTR)? + IDSTR.len();
-    // instance_id and version_id (u32 each), then the big-endian size.
-    let size_at = at + 8;
-    let size = u32::from_be_bytes(migration.get(size_at..size_at + 4)?.try_into().ok()?);
-    let start = size_at + 4;
-    migration
-        .get(start..start + size as usize)
-        .map(<[u8]>::to_vec)
-}

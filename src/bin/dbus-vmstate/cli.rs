@@ -55,7 +55,8 @@ pub enum Command {
     /// Verify a state stream and list what it holds, without restoring anything.
     #[command(after_help = INSPECT_HELP)]
     Inspect(InspectArgs),
-    /// Convert a state stream between the native and QEMU formats.
+    /// Convert a state stream between the native and QEMU formats, or
+    /// take it out of or put it into a QEMU migration file.
     #[command(after_help = CONVERT_HELP)]
     Convert(ConvertArgs),
     /// Serve a file's bytes, or a command's output, as a helper's state.
@@ -119,8 +120,17 @@ const CONVERT_HELP: &str = "\
 The output file is written atomically. QEMU's format holds at most 1 MiB per
 helper and has no checksums.
 
-Example:
-  dbus-vmstate convert --to qemu helpers.vmstate helpers.payload";
+A QEMU migration file (what QEMU's migrate \"exec:cat > FILE\" writes, which
+starts with QEVM) is read as its dbus-vmstate section's payload, and
+--to qemu-migration --base FILE writes FILE again with the input's helpers
+as that payload, every other byte unchanged. The file must hold exactly one
+dbus-vmstate section and section footers (QEMU 7.x, any machine type since
+2.5); the whole file is read into memory.
+
+Examples:
+  dbus-vmstate convert --to qemu helpers.vmstate helpers.payload
+  dbus-vmstate convert --to native vm.migration helpers.vmstate
+  dbus-vmstate convert --to qemu-migration --base vm.migration helpers.vmstate new.migration";
 
 const HELPER_HELP: &str = "\
 With --save-cmd, Save runs the command (with /bin/sh -c) and its stdout is
@@ -140,6 +150,18 @@ const MAN_HELP: &str = "\
 Examples:
   dbus-vmstate man | man -l -
   dbus-vmstate man --dir /usr/local/share/man/man1";
+
+/// What `convert` reads or writes: a stream format, or a whole QEMU
+/// migration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvertFormat {
+    /// dbus-vmstate's versioned, checksummed format.
+    Native,
+    /// The payload of QEMU's dbus-vmstate migration section.
+    Qemu,
+    /// A whole QEMU migration file: its dbus-vmstate section's payload.
+    QemuMigration,
+}
 
 /// A stream format, as given on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -270,10 +292,14 @@ pub struct InspectArgs {
 pub struct ConvertArgs {
     /// The format to write.
     #[arg(long, value_enum)]
-    pub to: FormatArg,
+    pub to: ConvertFormat,
     /// The input's format [default: detected from its first bytes].
     #[arg(long, value_enum)]
-    pub from: Option<FormatArg>,
+    pub from: Option<ConvertFormat>,
+    /// With --to qemu-migration: the QEMU migration file whose
+    /// dbus-vmstate section the output replaces (or - for stdin).
+    #[arg(long, value_name = "FILE", required_if_eq("to", "qemu-migration"))]
+    pub base: Option<PathBuf>,
     /// The input stream file, or - for stdin.
     #[arg(value_name = "IN")]
     pub input: PathBuf,

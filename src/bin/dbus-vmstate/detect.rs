@@ -4,7 +4,7 @@
 use std::io::{self, Read};
 
 use anyhow::Context;
-use dbus_vmstate::stream::{self, native, Format};
+use dbus_vmstate::stream::{self, native, qemu::migration, Format};
 
 use crate::exit::Rejected;
 
@@ -13,7 +13,8 @@ use crate::exit::Rejected;
 ///
 /// # Errors
 ///
-/// [`Rejected`] when the bytes are no known format; the read error.
+/// [`Rejected`] when the bytes are no known format, or a QEMU migration
+/// file (which only `convert` reads); the read error.
 pub fn format(
     mut input: Box<dyn Read>,
     given: Option<Format>,
@@ -26,6 +27,13 @@ pub fn format(
         .with_context(|| format!("cannot read {name}"))?;
     let format = match given {
         Some(f) => f,
+        None if prefix.starts_with(&migration::MAGIC) => {
+            return Err(Rejected(format!(
+                "{name}: a QEMU migration file, not a state stream \
+                 (`dbus-vmstate convert --to native {name} OUT` takes its dbus-vmstate payload out)"
+            ))
+            .into())
+        }
         None => Format::recognize(&prefix).map_err(|e| Rejected(format!("{name}: {e}")))?,
     };
     Ok((format, Box::new(io::Cursor::new(prefix).chain(input))))

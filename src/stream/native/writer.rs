@@ -7,7 +7,7 @@ use super::{
     encode_header, u32_u64, u64_u32, Kind, RecordHeader, CHUNK_BYTES, HEADER_BYTES,
     RECORD_CRC_BYTES, RECORD_HEADER_BYTES, STREAM_END_HELPER,
 };
-use crate::stream::{len_u64, validate_id, Error};
+use crate::stream::{len_u64, u32_len, validate_id, Error};
 
 /// Writes a native stream record by record, without knowing sizes in
 /// advance.
@@ -192,12 +192,7 @@ impl<W: Write> Writer<W> {
     /// Writes one record: header, payload, CRC of both. Payloads are at
     /// most [`CHUNK_BYTES`] long here.
     fn record(&mut self, kind: Kind, helper: u32, payload: &[u8]) -> Result<(), Error> {
-        let len = u32::try_from(payload.len()).map_err(|_| Error::OverLimit {
-            what: "record payload",
-            found: len_u64(payload.len()),
-            limit: u64::from(u32::MAX),
-            id: None,
-        })?;
+        let len = u32_len(payload.len(), "record payload")?;
         let header = RecordHeader::new(kind, helper, len).encode();
         let crc = crc32c::crc32c_append(crc32c::crc32c(&header), payload);
         let result = self

@@ -18,6 +18,9 @@
 //! which QEMU 7.2 loads. The payload has no magic, version or checksum:
 //! it can only be recognised by its structure.
 //!
+//! [`migration`] finds this payload inside a whole QEMU migration stream
+//! and puts another one in its place.
+//!
 //! ```
 //! use dbus_vmstate::stream::{qemu, Limits, Record};
 //!
@@ -32,6 +35,8 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
+
+pub mod migration;
 
 use super::{id_from_bytes, len_u64, read_full, validate_id, Error, Limits, Record, MAX_ID_BYTES};
 
