@@ -3,16 +3,32 @@
 tables (markdown, on stdout) and its chart (an SVG of throughput against
 state size, one line per path and baseline).
 
-Usage: /usr/bin/python3 benches/chart.py [CRITERION_DIR] [SVG_OUT]
+Usage: /usr/bin/python3 benches/chart.py [--partial] [CRITERION_DIR] [SVG_OUT]
+       /usr/bin/python3 benches/chart.py --self-test
 Defaults: $CARGO_TARGET_DIR/criterion (or target/criterion) and
 benches/throughput.svg. Standard library only.
+
+Criterion keeps each benchmark's latest figures whatever run measured
+them, so after a filtered run (`-- FILTER`) its directory mixes runs. The
+bench writes RUN_FILE: the run's id and every benchmark it measured, and
+the run id heads its latency and memory files. Figures of any other run
+are refused, named; with --partial they are left out instead (their cells
+show "–") and the output says so.
 """
 
+import argparse
 import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
+
+RUN_FILE = "dbus-vmstate-run.txt"
+LATENCY_FILE = "dbus-vmstate-latency.txt"
+MEMORY_FILE = "dbus-vmstate-rss.txt"
+# The criterion groups of benches/transfer.rs (other benches' are ignored).
+GROUPS = ("save", "load", "helpers_4k")
 
 SIZES = ["4KiB", "1MiB", "16MiB", "64MiB", "1GiB"]
 SIZE_BYTES = {"4KiB": 4 << 10, "1MiB": 1 << 20, "16MiB": 16 << 20, "64MiB": 64 << 20, "1GiB": 1 << 30}
@@ -31,9 +47,9 @@ HELPER_VARIANTS = [
 ]
 
 
-def criterion_dir():
-    if len(sys.argv) > 1:
-        return Path(sys.argv[1])
+def criterion_dir(arg):
+    if arg:
+        return Path(arg)
     if os.environ.get("CRITERION_HOME"):
         return Path(os.environ["CRITERION_HOME"])
     if os.environ.get("CARGO_TARGET_DIR"):
@@ -42,13 +58,56 @@ def criterion_dir():
 
 
 def load_results(root):
-    """full_id -> median seconds."""
+    """full_id -> median seconds, for the benchmarks of benches/transfer.rs."""
     out = {}
     for bench in root.glob("**/new/benchmark.json"):
         meta = json.loads(bench.read_text())
+        if meta["full_id"].split("/")[0] not in GROUPS:
+            continue
         est = json.loads((bench.parent / "estimates.json").read_text())
         out[meta["full_id"]] = est["median"]["point_estimate"] / 1e9
     return out
+
+
+def run_id_of(text):
+    """The run id a file starts with (`run ID`), or None."""
+    first = text.splitlines()[0].split() if text.strip() else []
+    return first[1] if len(first) == 2 and first[0] == "run" else None
+
+
+def load_run(root):
+    """(run id, benchmark ids) of the last run, from RUN_FILE."""
+    path = root / RUN_FILE
+    if not path.exists():
+        sys.exit(f"no {RUN_FILE} under {root}: run `cargo bench --bench transfer` first "
+                 "(it names the run each figure comes from)")
+    text = path.read_text()
+    run = run_id_of(text)
+    if run is None:
+        sys.exit(f"{path}: no `run ID` first line")
+    benches = {line.split(maxsplit=1)[1] for line in text.splitlines() if line.startswith("bench ")}
+    return run, benches
+
+
+def of_this_run(root, results, run, benches):
+    """Splits the figures: those of `run`, and the names of those that are
+    not (benchmarks it did not measure, side files another run wrote)."""
+    fresh = {k: v for k, v in results.items() if k in benches}
+    stale = sorted(k for k in results if k not in benches)
+    missing = sorted(benches - results.keys())
+    if missing:
+        sys.exit(f"run {run} measured {', '.join(missing)}, but criterion holds no figures for them")
+    side = {}
+    for name in (LATENCY_FILE, MEMORY_FILE):
+        path = root / name
+        if not path.exists():
+            continue
+        text = path.read_text()
+        if run_id_of(text) == run:
+            side[name] = text
+        else:
+            stale.append(name)
+    return fresh, side, stale
 
 
 def gbps(seconds, size):
@@ -103,12 +162,9 @@ def helpers_table(results):
     return "\n".join(lines)
 
 
-def memory_lines(root):
-    path = root / "dbus-vmstate-rss.txt"
-    if not path.exists():
-        return []
+def memory_lines(text):
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         fields = line.split()
         if len(fields) != 4:
             continue
@@ -119,16 +175,16 @@ def memory_lines(root):
     return out
 
 
-def latency(root):
+def latency(text):
     """Medians in µs of the interleaved 4 KiB Save measurement, by path."""
-    path = root / "dbus-vmstate-latency.txt"
-    if not path.exists():
-        return {}
     out = {}
-    for field in path.read_text().split()[1:]:
-        key, _, value = field.partition("=")
-        if key != "rounds":
-            out[key] = float(value)
+    for line in text.splitlines():
+        if not line.startswith("save_4KiB_median_us "):
+            continue
+        for field in line.split()[1:]:
+            key, _, value = field.partition("=")
+            if key != "rounds":
+                out[key] = float(value)
     return out
 
 
@@ -267,15 +323,66 @@ def svg(results, out):
     out.write_text("\n".join(parts) + "\n")
 
 
+def self_test():
+    """Checks the run rule on a made-up criterion directory; exits non-zero
+    if a figure of another run would be charted."""
+    def bench(root, full_id, ns):
+        d = root.joinpath(*full_id.split("/"), "new")
+        d.mkdir(parents=True)
+        (d / "benchmark.json").write_text(json.dumps({"full_id": full_id}))
+        (d / "estimates.json").write_text(json.dumps({"median": {"point_estimate": ns}}))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bench(root, "save/raw_socket/4KiB", 10e3)
+        bench(root, "save/stream/4KiB", 40e3)
+        (root / RUN_FILE).write_text("run 2-1\nbench save/raw_socket/4KiB\n")
+        (root / LATENCY_FILE).write_text("run 1-1\nsave_4KiB_median_us raw_socket=11.0 rounds=3\n")
+        (root / MEMORY_FILE).write_text("run 2-1\nstream-save 1GiB peak_rss_before_kib=1 peak_rss_after_kib=2\n")
+        run, benches = load_run(root)
+        fresh, side, stale = of_this_run(root, load_results(root), run, benches)
+        assert run == "2-1", run
+        assert list(fresh) == ["save/raw_socket/4KiB"], fresh
+        assert stale == ["save/stream/4KiB", LATENCY_FILE], stale
+        assert list(side) == [MEMORY_FILE], side
+        assert memory_lines(side[MEMORY_FILE]) == [("stream-save", "1GiB", 1, 2)]
+        assert "0.41 GB/s" in throughput_table(fresh, "save")
+        assert "×" not in throughput_table(fresh, "save"), "a ratio against a figure left out"
+        (root / RUN_FILE).write_text("run 2-1\nbench save/raw_socket/4KiB\nbench save/plain/4KiB\n")
+        try:
+            of_this_run(root, load_results(root), *load_run(root))
+            raise AssertionError("a benchmark of the run without figures was accepted")
+        except SystemExit as e:
+            assert "save/plain/4KiB" in str(e), e
+    print("chart.py self-test: ok")
+
+
 def main():
-    root = criterion_dir()
-    out = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).with_name("throughput.svg")
-    results = load_results(root)
+    parser = argparse.ArgumentParser(description="The README's tables and chart from one run of the transfer bench.")
+    parser.add_argument("--partial", action="store_true",
+                        help="chart only the last run's figures, leaving out those of earlier runs")
+    parser.add_argument("--self-test", action="store_true", help="check the run rule and exit")
+    parser.add_argument("criterion_dir", nargs="?")
+    parser.add_argument("svg_out", nargs="?")
+    args = parser.parse_args()
+    if args.self_test:
+        self_test()
+        return
+    root = criterion_dir(args.criterion_dir)
+    out = Path(args.svg_out) if args.svg_out else Path(__file__).with_name("throughput.svg")
+    run, benches = load_run(root)
+    results, side, stale = of_this_run(root, load_results(root), run, benches)
+    if stale and not args.partial:
+        sys.exit(f"{root} holds figures of runs before the last one ({run}): {', '.join(stale)}.\n"
+                 "Run the whole bench (`cargo bench --bench transfer`) to chart them together, "
+                 "or pass --partial to chart only the last run's figures.")
     if not results:
-        sys.exit(f"no criterion results under {root}; run `cargo bench --bench transfer` first")
-    memory = memory_lines(root)
-    lat = latency(root)
+        sys.exit(f"run {run} measured nothing under {root}; run `cargo bench --bench transfer` first")
+    memory = memory_lines(side.get(MEMORY_FILE, ""))
+    lat = latency(side.get(LATENCY_FILE, ""))
     svg(results, out)
+    if stale:
+        print(f"Partial: the figures of run {run} only; left out, from earlier runs: {', '.join(stale)}.\n")
     print("### Save (helper to coordinator)\n")
     print(throughput_table(results, "save"))
     print("\n### Load (coordinator to helper)\n")

@@ -83,6 +83,15 @@ fn claim_bound(input_len: usize) -> usize {
     2 * input_len + (16 << 10)
 }
 
+/// What a decode of a claim within the caps may allocate, the input being
+/// `input_len` bytes: one writer chunk (the native reader's buffer grows to
+/// that once the bytes fill what it has, then by doubling; QEMU's cap is
+/// the same 1 MiB), twice the bytes that arrived, and bookkeeping. Below
+/// the claims tested, so a claim allocated before its bytes arrive fails.
+fn arriving_bound(input_len: usize) -> usize {
+    native::CHUNK_BYTES + 2 * input_len + (16 << 10)
+}
+
 /// A native header followed by one record header claiming `len` payload
 /// bytes that never come.
 fn native_claiming(len: u32, kind: u8) -> Vec<u8> {
@@ -106,6 +115,18 @@ fn qemu_claiming(nelem: u32, len: u32) -> Vec<u8> {
     bytes
 }
 
+/// Decodes `input` with both native decoders: for each, its name, whether
+/// it rejected the input, and the peak it allocated.
+fn native_decodes(input: &[u8], limits: Limits) -> [(&'static str, bool, usize); 2] {
+    let (result, read_all) = peak_during(|| native::read_all(input, limits));
+    let read_all_rejected = result.is_err();
+    let (result, inspect) = peak_during(|| native::inspect(input, limits));
+    [
+        ("read_all", read_all_rejected, read_all),
+        ("inspect", result.is_err(), inspect),
+    ]
+}
+
 #[test]
 fn the_counting_allocator_sees_allocations() {
     let (v, peak) = peak_during(|| vec![1u8; 3 << 20]);
@@ -127,18 +148,13 @@ fn lying_lengths_allocate_nothing_near_what_they_claim() {
     ] {
         for kind in [1u8, 2] {
             let input = native_claiming(len, kind);
-            let (result, peak) = peak_during(|| native::read_all(&input[..], LIMITS));
-            assert!(result.is_err(), "claim {len} kind {kind}");
-            assert!(
-                peak <= claim_bound(input.len()),
-                "native claim {len} kind {kind}: peak {peak}"
-            );
-            let (result, peak) = peak_during(|| native::inspect(&input[..], LIMITS));
-            assert!(result.is_err());
-            assert!(
-                peak <= claim_bound(input.len()),
-                "inspect claim {len}: peak {peak}"
-            );
+            for (decoder, rejected, peak) in native_decodes(&input, LIMITS) {
+                assert!(rejected, "{decoder}: claim {len} kind {kind}");
+                assert!(
+                    peak <= claim_bound(input.len()),
+                    "{decoder} claim {len} kind {kind}: peak {peak}"
+                );
+            }
         }
         let input = qemu_claiming(1, len);
         let (result, peak) = peak_during(|| qemu::decode(&input, LIMITS));
@@ -157,6 +173,33 @@ fn lying_lengths_allocate_nothing_near_what_they_claim() {
             "qemu nelem {nelem}: peak {peak}"
         );
     }
+}
+
+#[test]
+fn claims_within_the_caps_are_allocated_as_their_bytes_arrive() {
+    let limits = Limits::default();
+    for len in [2 << 20, native::MAX_CHUNK_PAYLOAD_BYTES] {
+        for arrived in [0, 1, 3 << 20] {
+            let mut input = native_claiming(len as u32, 2);
+            input.extend(std::iter::repeat_n(7u8, arrived));
+            for (decoder, rejected, peak) in native_decodes(&input, limits) {
+                assert!(rejected, "{decoder}: claim {len}, {arrived} bytes");
+                assert!(
+                    peak <= arriving_bound(input.len()),
+                    "{decoder} claim {len}, {arrived} bytes arrived: peak {peak}"
+                );
+            }
+        }
+    }
+    // QEMU's decoder allocates a checked claim in full before reading it:
+    // bounded by its cap, which this bound allows, not by what arrived.
+    let input = qemu_claiming(1, qemu::MAX_QEMU_BLOB_BYTES as u32);
+    let (result, peak) = peak_during(|| qemu::decode(&input, limits));
+    assert!(result.is_err());
+    assert!(
+        peak <= arriving_bound(input.len()),
+        "qemu claim at its cap: peak {peak}"
+    );
 }
 
 #[test]

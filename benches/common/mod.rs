@@ -19,6 +19,7 @@ pub mod rss;
 /// The tests' runtime shim (the library's own runtime is crate-private).
 #[path = "../../tests/util/rt.rs"]
 pub mod rt;
+pub mod run;
 
 /// The environment variable that selects a child's role.
 pub const ROLE: &str = "DV_BENCH_ROLE";
