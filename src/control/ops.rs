@@ -90,7 +90,7 @@ pub(super) async fn load(
     }
     let cut_off = CutOff::default();
     // Unbuffered: a regular file is indexed and streamed in one pass, a
-    // pipe spooled (see the coordinator's docs on loading).
+    // pipe loaded as it arrives (see the coordinator's docs on loading).
     let input = Passed::new(fd, cut_off.clone());
     CutOffOnDrop::new(cut_off, async move {
         let report = coordinator

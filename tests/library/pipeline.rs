@@ -276,6 +276,14 @@ const STREAM_END_BYTES: usize = 28;
 
 #[test]
 fn a_stream_read_once_is_loaded_while_it_arrives() {
+    // Passed as a reader, and as a file that turns out to be a pipe (what
+    // the control socket gets from `load --input -`).
+    for as_file in [false, true] {
+        stream_read_once_is_loaded_while_it_arrives(as_file);
+    }
+}
+
+fn stream_read_once_is_loaded_while_it_arrives(as_file: bool) {
     run(async {
         let dir = tmpdir();
         let (c, fakes) = helpers(dir.path(), &["s1", "p1", "sb", "s0"]).await;
@@ -288,7 +296,14 @@ fn a_stream_read_once_is_loaded_while_it_arrives() {
             writer.write_all(&head).unwrap();
             writer
         });
-        let load = c.load(reader, None);
+        let load = async {
+            if as_file {
+                let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
+                c.load_seekable(file, None).await
+            } else {
+                c.load(reader, None).await
+            }
+        };
         let rest = async {
             // Both non-empty streaming helpers are loading, and have every
             // byte of their states, before the stream has ended; none has

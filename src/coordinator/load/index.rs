@@ -33,8 +33,8 @@ pub(crate) type Known = HashSet<String>;
 
 /// Detects the format of a seekable `input` and prepares its load: a QEMU
 /// payload is decoded, a native stream indexed and rewound to where it
-/// stood. Falls back to [`verify::spooled`] when the input cannot tell its
-/// position.
+/// stood. An input that cannot tell its position (a pipe passed as a
+/// file) is handed back untouched, to be loaded as one read once.
 ///
 /// # Errors
 ///
@@ -45,9 +45,9 @@ pub(crate) fn seekable<R: Read + Seek + Send + 'static>(
     format: Option<Format>,
     limits: Limits,
     known: &Known,
-) -> Result<Verified, Error> {
+) -> Result<Indexed<R>, Error> {
     let Ok(start) = input.stream_position() else {
-        return verify::spooled(input, format, limits, known);
+        return Ok(Indexed::NotSeekable(input));
     };
     let prefix = verify::read_prefix(&mut input)?;
     let format = verify::format_of(&prefix, format)?;
@@ -55,16 +55,24 @@ pub(crate) fn seekable<R: Read + Seek + Send + 'static>(
         .seek(SeekFrom::Start(start))
         .map_err(verify::io_error)?;
     if format == Format::Qemu {
-        return verify::decode_qemu(input, limits);
+        return verify::decode_qemu(input, limits).map(Indexed::Verified);
     }
     let contents = scan(&mut input, limits, known)?;
     input
         .seek(SeekFrom::Start(start))
         .map_err(verify::io_error)?;
-    Ok(Verified::Native {
+    Ok(Indexed::Verified(Verified::Native {
         input: Box::new(input),
         contents,
-    })
+    }))
+}
+
+/// A seekable input, prepared.
+pub(crate) enum Indexed<R> {
+    /// Indexed (or decoded), ready for its verifying pass.
+    Verified(Verified),
+    /// It cannot tell its position after all: here it is back.
+    NotSeekable(R),
 }
 
 /// One helper as the index sees it.

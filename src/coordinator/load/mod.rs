@@ -81,9 +81,10 @@ where
 {
     let (limits, known) = (limits(inner), known(inner));
     let started = Instant::now();
-    let verified =
-        rt::spawn_blocking(move || index::seekable(input, format, limits, &known)).await?;
-    run(inner, verified, started.elapsed()).await
+    match rt::spawn_blocking(move || index::seekable(input, format, limits, &known)).await? {
+        index::Indexed::Verified(verified) => run(inner, verified, started.elapsed()).await,
+        index::Indexed::NotSeekable(input) => Box::pin(load(inner, input, format)).await,
+    }
 }
 
 /// The Ids of every configured helper.

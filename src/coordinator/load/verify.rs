@@ -142,7 +142,8 @@ pub(crate) fn open<R: Read + Send + 'static>(
 }
 
 /// First pass over an input read only once: a native stream is spooled.
-pub(crate) fn spooled<R: Read + Send + 'static>(
+#[cfg(test)]
+fn spooled<R: Read + Send + 'static>(
     input: R,
     format: Option<Format>,
     limits: Limits,
