@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use zbus::message::{Flags, Message, Type as MessageType};
@@ -75,10 +75,20 @@ fn helper_name(slot: usize) -> String {
     format!(":1.{}", slot + 1)
 }
 
+/// Microseconds on the monotonic clock since the front door first read
+/// it: the `t_us` of the trace events that time QEMU's calls and their
+/// replies (`DBUS_VMSTATE_LOG=dbus_vmstate::coordinator::qemu=trace`).
+fn clock_us() -> u128 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros()
+}
+
 /// A call QEMU made, with what routing needs of its header.
 #[derive(Clone)]
 struct Incoming {
     msg: Message,
+    /// When the call came out of the connection's message stream.
+    arrived: Instant,
     destination: Option<String>,
     path: String,
     interface: Option<String>,
@@ -92,7 +102,15 @@ impl Incoming {
             return None;
         }
         let header = msg.header();
+        tracing::trace!(
+            t_us = clock_us(),
+            serial = header.primary().serial_num().get(),
+            member = header.member().map(|m| m.as_str()),
+            destination = header.destination().map(|d| d.as_str()),
+            "QEMU's call arrived"
+        );
         let incoming = Incoming {
+            arrived: Instant::now(),
             destination: header.destination().map(|d| d.to_string()),
             path: header.path().map(|p| p.to_string()).unwrap_or_default(),
             interface: header.interface().map(|i| i.to_string()),
@@ -179,6 +197,13 @@ async fn send(conn: &Connection, call: &Incoming, sender: &str, qemu: &str, repl
     if let Err(e) = sent {
         tracing::warn!(member = %call.member, "cannot answer QEMU: {e}");
     }
+    tracing::trace!(
+        t_us = clock_us(),
+        reply_serial = header.primary().serial_num().get(),
+        member = %call.member,
+        in_us = call.arrived.elapsed().as_micros(),
+        "answered QEMU"
+    );
 }
 
 /// The front door on one QEMU connection.
