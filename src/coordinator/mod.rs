@@ -147,11 +147,13 @@
 //! - With a front door for QEMU: its *accept task*, aborted at shutdown
 //!   like the others, and a task per QEMU connection that answers its
 //!   calls in order until the connection closes (shutdown closes it). Each
-//!   of QEMU's `Save` and `Load` calls runs as a task of its own, which
-//!   answers QEMU when the helper is done, and QEMU's first `Save` of a
-//!   round starts a *batch* task that saves every helper QEMU is about to
-//!   save at once and hands each result to the call waiting for it through
-//!   a oneshot channel. The batch, and a round of QEMU's loads, hold the
+//!   of QEMU's `Load` calls runs as a task of its own, which answers QEMU
+//!   when the helper is done, and QEMU's first `Save` of a round starts a
+//!   *batch* task that saves every helper QEMU is about to save at once
+//!   and hands each result to the call waiting for it through a oneshot
+//!   channel. That first `Save` waits in a task of its own; QEMU's later
+//!   ones come when the batch is done, and the connection's task answers
+//!   them from the results at once. The batch, and a round of QEMU's loads, hold the
 //!   coordinator's one operation (an async mutex) while they run.
 //! - Short-lived ones: closing a connection that nobody holds any more, and
 //!   noting when a bus-style helper's `Hello` reply has gone out.

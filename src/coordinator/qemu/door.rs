@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::channel::oneshot;
 use futures::StreamExt;
 use zbus::message::{Flags, Message, Type as MessageType};
 use zbus::{Connection, MessageStream, Variant};
@@ -489,7 +490,7 @@ impl Door {
         }
         let properties = iface::PROPERTIES_INTERFACE;
         let reply = if call.is(iface::INTERFACE, iface::METHOD_SAVE) {
-            return self.save(call, slot);
+            return self.save(call, slot).await;
         } else if call.is(iface::INTERFACE, iface::METHOD_LOAD) {
             return self.load(call, slot);
         } else if call.is(properties, "GetAll") {
@@ -551,21 +552,34 @@ impl Door {
     }
 
     /// QEMU's `Save` on the helper in `slot`: answered from the round's
-    /// batch (started by this call if it is the round's first).
-    fn save(&mut self, call: Incoming, slot: usize) {
-        let result = self.round.claim_save(&self.inner, slot);
+    /// batch (started by this call if it is the round's first). QEMU's
+    /// later `Save`s come once the batch is done (it answers none before),
+    /// so their results are in already: those are answered here, without
+    /// a task of their own.
+    async fn save(&mut self, call: Incoming, slot: usize) {
+        let mut result = self.round.claim_save(&self.inner, slot);
         let started = self.round.start();
         let number = self.round.number;
+        let abandoned = move |inner: &Inner| Error::Transfer {
+            id: inner.slots[slot].spec.id.clone(),
+            call: Call::Save,
+            reason: "the save was abandoned".to_string(),
+            source: None,
+        };
+        let ready = match result.try_recv() {
+            Ok(Some(result)) => Some(result),
+            Ok(None) => None,
+            Err(oneshot::Canceled) => Some(Err(abandoned(&self.inner))),
+        };
+        if let Some(result) = ready {
+            let outcome = result.map(|saved| (saved.transfer, Reply::Bytes(saved.data)));
+            let done = (Call::Save, number, started, outcome);
+            let (conn, qemu) = (&self.conn, self.name.as_str());
+            finish(&self.inner, conn, qemu, self.generation, &call, slot, done).await;
+            return;
+        }
         self.spawn_call(call, slot, move |inner| async move {
-            let result = match result.await {
-                Ok(result) => result,
-                Err(_) => Err(Error::Transfer {
-                    id: inner.slots[slot].spec.id.clone(),
-                    call: Call::Save,
-                    reason: "the save was abandoned".to_string(),
-                    source: None,
-                }),
-            };
+            let result = result.await.unwrap_or_else(|_| Err(abandoned(&inner)));
             let outcome = result.map(|saved| (saved.transfer, Reply::Bytes(saved.data)));
             (Call::Save, number, started, outcome)
         });
@@ -612,15 +626,7 @@ impl Door {
     fn spawn_call<F, Fut>(&self, call: Incoming, slot: usize, work: F)
     where
         F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
-        Fut: std::future::Future<
-                Output = (
-                    Call,
-                    u64,
-                    std::time::Instant,
-                    Result<(Transfer, Reply), Error>,
-                ),
-            > + Send
-            + 'static,
+        Fut: std::future::Future<Output = Done> + Send + 'static,
     {
         let inner = self.inner.clone();
         let conn = self.conn.clone();
@@ -629,33 +635,55 @@ impl Door {
         let generation = self.generation;
         in_flight.fetch_add(1, Ordering::AcqRel);
         drop(rt::spawn(async move {
-            let (kind, number, started, outcome) = work(inner.clone()).await;
-            let id = inner.slots[slot].spec.id.as_str();
-            let reply = match outcome {
-                Ok((transfer, reply)) => {
-                    let bytes = transfer.bytes;
-                    {
-                        // The helper's own status shows it too.
-                        let mut state = inner.slots[slot].state();
-                        match kind {
-                            Call::Save => state.last_save = Some(transfer),
-                            _ => state.last_load = Some(transfer),
-                        }
-                    }
-                    record(&inner, kind, generation, number, started, Ok((id, bytes)));
-                    reply
-                }
-                Err(e) => {
-                    let text = error::chain(&e);
-                    tracing::warn!(helper = %id, "QEMU's {kind} failed: {text}");
-                    record(&inner, kind, generation, number, started, Err(text));
-                    Reply::failed(&e)
-                }
-            };
-            send(&conn, &call, &helper_name(slot), &qemu, reply).await;
+            let done = work(inner.clone()).await;
+            finish(&inner, &conn, &qemu, generation, &call, slot, done).await;
             in_flight.fetch_sub(1, Ordering::AcqRel);
         }));
     }
+}
+
+/// How one of QEMU's `Save` or `Load` calls ended: the call, its round,
+/// when the round's first call came, and the outcome.
+type Done = (
+    Call,
+    u64,
+    std::time::Instant,
+    Result<(Transfer, Reply), Error>,
+);
+
+/// Records how QEMU's `call` on the helper in `slot` ended and answers it.
+async fn finish(
+    inner: &Inner,
+    conn: &Connection,
+    qemu: &str,
+    generation: u64,
+    call: &Incoming,
+    slot: usize,
+    (kind, number, started, outcome): Done,
+) {
+    let id = inner.slots[slot].spec.id.as_str();
+    let reply = match outcome {
+        Ok((transfer, reply)) => {
+            let bytes = transfer.bytes;
+            {
+                // The helper's own status shows it too.
+                let mut state = inner.slots[slot].state();
+                match kind {
+                    Call::Save => state.last_save = Some(transfer),
+                    _ => state.last_load = Some(transfer),
+                }
+            }
+            record(inner, kind, generation, number, started, Ok((id, bytes)));
+            reply
+        }
+        Err(e) => {
+            let text = error::chain(&e);
+            tracing::warn!(helper = %id, "QEMU's {kind} failed: {text}");
+            record(inner, kind, generation, number, started, Err(text));
+            Reply::failed(&e)
+        }
+    };
+    send(conn, call, &helper_name(slot), qemu, reply).await;
 }
 
 /// Adds one call's outcome to the front door's record.
