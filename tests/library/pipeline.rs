@@ -289,8 +289,9 @@ fn stream_read_once_is_loaded_while_it_arrives(as_file: bool) {
         let (c, fakes) = helpers(dir.path(), &["s1", "p1", "sb", "s0"]).await;
         let (good, states) = saved(&c, &fakes).await;
         let (head, tail) = good.split_at(good.len() - STREAM_END_BYTES);
-        // A pipe holding all but the stream's last record, its writer open.
-        let (reader, mut writer) = std::io::pipe().unwrap();
+        // A socket (read once, like a pipe) holding all but the stream's
+        // last record, its writer open.
+        let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
         let head = head.to_vec();
         let source = std::thread::spawn(move || {
             writer.write_all(&head).unwrap();

@@ -2,8 +2,10 @@
 //! and hand each helper's state to where it goes as it comes, holding back
 //! what would complete a load until the whole stream has verified.
 //!
-//! A streaming helper's chunks go to its feeder at once, through a short
-//! bounded queue ([`FEED_QUEUE_CHUNKS`]), so memory stays flat, a slow
+//! A streaming helper's chunks go to its feeder at once, in the very
+//! buffer the stream reader read them into (taken from the chunk pool, the
+//! reader given another), through a short bounded queue
+//! ([`FEED_QUEUE_CHUNKS`]), so memory stays flat, a slow
 //! helper holds up the reading (and the others) only once its queue is
 //! full, and loading overlaps the reading. A plain helper's chunks are
 //! collected (its state fits in one D-Bus message, which was checked), in
@@ -36,6 +38,13 @@ use crate::stream::{self, native, Limits, Record};
 /// Chunks queued for one streaming helper beyond the one its feeder is
 /// writing.
 pub(crate) const FEED_QUEUE_CHUNKS: usize = 4;
+
+/// The chunk buffers a verifying pass feeding `streaming` helpers needs:
+/// each helper's queue and the one its feeder writes, the one the reader
+/// reads into and the one being handed over.
+pub(crate) fn pool_buffers(streaming: usize) -> usize {
+    streaming * (FEED_QUEUE_CHUNKS + 1) + 2
+}
 
 /// Where one helper's state goes.
 pub(crate) enum Route {
@@ -77,6 +86,26 @@ impl Route {
             Route::Plain { data: None, .. } => {}
         }
         Ok(())
+    }
+
+    /// Whether the route takes whole chunk buffers ([`Route::pass_on`]).
+    fn takes_buffers(&self) -> bool {
+        matches!(self, Route::Stream(_))
+    }
+
+    /// Hands over a buffer holding the next bytes of a streaming state, as
+    /// it is: the chunk the reader has just read into it.
+    fn pass_on(&mut self, buf: Vec<u8>, pool: &Pool) {
+        match self {
+            Route::Stream(tx) => {
+                if let Err(unsent) = tx.send(Feed::Data(buf)) {
+                    if let Feed::Data(buf) = unsent.0 {
+                        pool.put(buf);
+                    }
+                }
+            }
+            Route::Plain { .. } => pool.put(buf),
+        }
     }
 
     /// The whole stream verified: the state may complete its load.
@@ -183,8 +212,13 @@ pub(crate) fn native(
                     if *sent > *size {
                         return Err(changed(offset, Some(id), "its state is larger"));
                     }
-                    if let Some(route) = route {
-                        route.chunk(data, pool)?;
+                    match route {
+                        Some(route) if route.takes_buffers() => {
+                            let buf = reader.take_payload(pool.get());
+                            route.pass_on(buf, pool);
+                        }
+                        Some(route) => route.chunk(data, pool)?,
+                        None => {}
                     }
                 }
             }
@@ -254,6 +288,11 @@ pub(crate) fn live(
             }
             native::Event::Chunk { helper, data } => {
                 if let Some((Some(route), id)) = open.get_mut(helper as usize) {
+                    if route.takes_buffers() {
+                        let buf = reader.take_payload(pool.get());
+                        route.pass_on(buf, pool);
+                        continue;
+                    }
                     if let Route::Plain {
                         data: Some(collected),
                         ..

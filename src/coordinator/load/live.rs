@@ -106,7 +106,7 @@ pub(super) async fn run(
         .filter(|p| p.mode == Mode::Stream)
         .count();
     let pool = Arc::new(Pool::new(
-        streaming * (FEED_QUEUE_CHUNKS + 1) + 1,
+        dispatch::pool_buffers(streaming),
         native::CHUNK_BYTES,
     ));
 

@@ -123,7 +123,7 @@ async fn run(
     let (pass, incoming) = route(inner, &targets, verified);
     let streaming = targets.iter().filter(|t| t.mode == Mode::Stream).count();
     let pool = Arc::new(Pool::new(
-        streaming * (FEED_QUEUE_CHUNKS + 1) + 1,
+        dispatch::pool_buffers(streaming),
         native::CHUNK_BYTES,
     ));
 

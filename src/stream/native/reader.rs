@@ -186,6 +186,19 @@ impl<R: Read> Reader<R> {
         })
     }
 
+    /// Takes the buffer holding the payload of the record just read, cut
+    /// to that payload (after an [`Event::Chunk`], the chunk's bytes), and
+    /// reads the next records into `replacement` instead: a consumer that
+    /// passes chunks on moves them without copying. `replacement`'s
+    /// contents do not matter; a buffer already as long as a chunk is
+    /// reused without being cleared first.
+    pub fn take_payload(&mut self, replacement: Vec<u8>) -> Vec<u8> {
+        let mut taken = std::mem::replace(&mut self.buf, replacement);
+        taken.truncate(self.payload_len);
+        self.payload_len = 0;
+        taken
+    }
+
     /// The Id of the helper with index `helper`, once its `BEGIN` was read.
     pub fn id_of(&self, helper: u32) -> Option<&str> {
         self.helpers.get(helper as usize).map(|h| h.id.as_str())
