@@ -222,20 +222,25 @@ impl Coordinator {
     /// extension within one D-Bus message. All helpers load at once.
     /// `format` `None` detects the format from the first bytes.
     ///
-    /// `input` is read once, and a native stream announces its states'
-    /// sizes only after their bytes, so it is verified while it is spooled
-    /// (memory, then a temporary file), and a stream that fails calls no
-    /// `Load` at all; then the spool is streamed to the helpers. See
-    /// [Loading](crate::coordinator#loading), and
-    /// [`Coordinator::load_seekable`] for an input streamed as it is read.
+    /// `input` is read once. A native stream is loaded as it arrives
+    /// when every connected streaming helper serves the sealed load: after
+    /// waiting for the required helpers, each streaming helper is called
+    /// as its state begins and receives it chunk by chunk, committed only
+    /// once the whole stream has verified; plain helpers are called then.
+    /// Otherwise the stream is verified while it is spooled (memory, then a
+    /// temporary file), a stream that fails calls no `Load` at all, and
+    /// then the spool is streamed to the helpers. See
+    /// [Loading](crate::coordinator#loading).
     ///
     /// # Errors
     ///
     /// [`Error::Stream`], [`Error::MissingInStream`],
-    /// [`Error::UnknownInStream`], [`Error::OverMessageLimit`] before any
-    /// `Load`; [`Error::NotConnected`] when a required helper is absent
-    /// (again before any `Load`); [`Error::Io`] when the input or the spool
-    /// fails; call and transfer errors of required helpers.
+    /// [`Error::UnknownInStream`], [`Error::OverMessageLimit`]: the load
+    /// fails and no helper completes its load (streaming helpers already
+    /// called see their load aborted and keep their old state);
+    /// [`Error::NotConnected`] when a required helper is absent, before
+    /// any call; [`Error::Io`] when the input or the spool fails; call and
+    /// transfer errors of required helpers.
     pub async fn load<R>(
         &self,
         input: R,
@@ -254,7 +259,8 @@ impl Coordinator {
     /// then read once, each state streaming to its helper as it is
     /// verified, with nothing spooled; no helper completes its load before
     /// the whole stream has verified. An input that turns out not to seek
-    /// (a pipe behind a `File`) is spooled as [`Coordinator::load`] does.
+    /// (a pipe behind a `File`) is loaded as [`Coordinator::load`] loads
+    /// one.
     /// An input that changes during the load fails it.
     ///
     /// # Errors
@@ -277,7 +283,7 @@ impl Coordinator {
 
     /// Loads the state stream in the file at `path` (see
     /// [`Coordinator::load`] and [`Coordinator::load_seekable`]: a regular
-    /// file is indexed and streamed, a FIFO is spooled).
+    /// file is indexed and streamed, a FIFO read once).
     ///
     /// # Errors
     ///

@@ -180,13 +180,15 @@
 //!     buffers from it and sends them to the writer;
 //!   - a load's *index* of a seekable input, or *first read* of another
 //!     into its spool, owning the input (and the spool);
-//!   - a load's *verifying pass*, owning the input (or spool) again and the
+//!   - a load's *verifying pass*, owning the input (or spool) and the
 //!     sending side of every helper's route;
 //!   - a *feeder* per streaming helper during a load, owning the
 //!     coordinator's end of that helper's socket pair: it writes the chunks
-//!     handed to it, holding back the last byte until the whole stream has
-//!     verified ([see](#loading)); for an empty state, which has no last
-//!     byte, a wait for that before its `LoadFd` call;
+//!     handed to it, holding back the commit (the last byte of an announced
+//!     load, the trailer of a sealed one) until the whole stream has
+//!     verified ([see](#loading)); before it, a wait for the state's first
+//!     chunk on a live load, and for an empty state of an announced load,
+//!     which has no last byte, a wait for the whole stream;
 //!   - reading a spilled plain state back from its temporary file before
 //!     its `Load`;
 //!   - joining the writer thread, and the sync and rename of
@@ -202,10 +204,11 @@
 //!   the writer is behind; a plain reply is one per plain helper, at most
 //!   one D-Bus message.
 //! - Load, the verifying pass to each feeder: a `sync_channel` of 4
-//!   chunks, from a pool of 5 buffers per streaming helper plus 1, so a
-//!   slow helper holds up the others (and the reading) only once its queue
-//!   is full; the finish message, which releases the last byte, is sent
-//!   only after `STREAM_END` verified. To each plain helper: a oneshot
+//!   chunks, in the buffers the stream reader read them into, from a pool
+//!   of 5 buffers per streaming helper plus 2, so a slow helper holds up
+//!   the others (and the reading) only once its queue is full; the finish
+//!   message, which releases the commit, is sent only after `STREAM_END`
+//!   verified. To each plain helper: a oneshot
 //!   channel with its whole state (at most one D-Bus message, in memory or
 //!   spilled, see *Memory* above), sent only after `STREAM_END` verified,
 //!   when its `Load` starts; on failure the sender is dropped and no
@@ -229,13 +232,16 @@
 //!   come). The writer, left without senders and without a finish message,
 //!   stops without writing the end record, so the partial stream is
 //!   rejected by every reader.
-//! - *A load future dropped:* no further `Load` is made, but the passes
-//!   and feeders already running are blocking work that goes on: a
-//!   verifying pass under way reads to its end, and a streaming helper
-//!   already called receives its whole state, and its last byte once the
-//!   whole stream verified.
-//! - *A call timing out* (for a streaming helper the call timeout covers
-//!   the whole transfer): the helper fails with
+//! - *A load future dropped:* no further `Load` is made, and the load is
+//!   marked abandoned. The passes and feeders already running are blocking
+//!   work that goes on, but a verifying pass under way reads to its end
+//!   and then finishes no route: every streaming helper already called
+//!   sees its load end short, and no helper commits a state behind the back
+//!   of whatever runs next.
+//! - *A call timing out* (for a streaming helper of an announced load the
+//!   call timeout covers the whole transfer; for a sealed load, whose state
+//!   comes at the pace of the stream, each write into the helper's socket
+//!   and then the reply after the trailer): the helper fails with
 //!   [`Error::Timeout`](crate::Error::Timeout), and a streaming helper's
 //!   socket pair is shut down, which ends its reader or feeder.
 //! - *The output failing:* the writer raises `stop`, keeps draining its

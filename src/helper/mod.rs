@@ -254,7 +254,9 @@ pub trait State: Send + Sync + 'static {
     /// calls [`State::load_from`] with `input` as its [`Read`]; a helper
     /// overrides it to reach the socket itself, for instance to let the
     /// kernel move the state into a pipe with [`StreamIn::copy_to`].
-    /// [`StreamIn::size`] tells the size before the first byte is read.
+    /// [`StreamIn::size`] tells the size before the first byte is read,
+    /// except on a sealed load (a stream the coordinator reads from a
+    /// pipe), whose size is known only at its end.
     ///
     /// # Errors
     ///

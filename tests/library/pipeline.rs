@@ -7,6 +7,7 @@
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::util::*;
 use dbus_vmstate::coordinator::{Coordinator, Mode};
@@ -337,6 +338,130 @@ fn stream_read_once_is_loaded_while_it_arrives(as_file: bool) {
                 ("s0", Mode::Stream)
             ]
         );
+        c.shutdown().await;
+    });
+}
+
+#[test]
+fn a_slow_source_is_no_timeout_but_a_helper_that_stops_reading_is() {
+    run(async {
+        let dir = tmpdir();
+        let timeout = Duration::from_millis(800);
+        let c = builder(dir.path(), &["s1"])
+            .call_timeout(timeout)
+            .bind()
+            .unwrap();
+        let fake = Fake::new("s1", pattern(STATE_BYTES, 1));
+        drop(fake.spawn_in(dir.path()));
+        connected(&c).await;
+        let (good, _) = c.save(Vec::new()).await.unwrap();
+        give_old([&fake]);
+        // The source sends the state, then takes twice the call timeout to
+        // end the stream: the helper waits for the trailer all that time.
+        let (head, tail) = good.split_at(good.len() - STREAM_END_BYTES);
+        let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (head, tail) = (head.to_vec(), tail.to_vec());
+        let source = std::thread::spawn(move || {
+            writer.write_all(&head).unwrap();
+            std::thread::sleep(2 * timeout);
+            writer.write_all(&tail).unwrap();
+        });
+        c.load(reader, None)
+            .await
+            .expect("a slow source is not a slow helper");
+        source.join().unwrap();
+        assert!(fake.data() == pattern(STATE_BYTES, 1));
+
+        // A helper that reads nothing: the writes into its socket wait
+        // longer than the call timeout.
+        give_old([&fake]);
+        fake.set_load(Step::Held);
+        let err = c.load(Cursor::new(good), None).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Timeout { id, .. } if id == "s1"),
+            "{err}"
+        );
+        fake.release();
+        assert_all_old([&fake], "a helper that stopped reading");
+        c.shutdown().await;
+    });
+}
+
+/// A streaming helper that reports when a load starts and how it ended.
+struct Watched {
+    state: std::sync::Mutex<Vec<u8>>,
+    started: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    ended: std::sync::Mutex<std::sync::mpsc::Sender<Result<(), String>>>,
+}
+
+impl State for Watched {
+    fn id(&self) -> &str {
+        "s1"
+    }
+
+    fn save(&self) -> Result<Vec<u8>, helper::BoxError> {
+        Ok(self.state.lock().unwrap().clone())
+    }
+
+    fn load(&self, data: Vec<u8>) -> Result<(), helper::BoxError> {
+        *self.state.lock().unwrap() = data;
+        Ok(())
+    }
+
+    fn load_from(&self, input: &mut dyn Read) -> Result<(), helper::BoxError> {
+        let _ = self.started.lock().unwrap().send(());
+        let mut data = Vec::new();
+        let read = input.read_to_end(&mut data).map_err(|e| e.to_string());
+        let _ = self.ended.lock().unwrap().send(read.clone().map(drop));
+        read?;
+        self.load(data)
+    }
+}
+
+#[test]
+fn an_abandoned_load_commits_nothing() {
+    run(async {
+        let dir = tmpdir();
+        let c = builder(dir.path(), &["s1"]).bind().unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (ended_tx, ended) = std::sync::mpsc::channel();
+        let watched = Arc::new(Watched {
+            state: std::sync::Mutex::new(pattern(STATE_BYTES, 7)),
+            started: std::sync::Mutex::new(started_tx),
+            ended: std::sync::Mutex::new(ended_tx),
+        });
+        let state: Arc<dyn State> = watched.clone();
+        drop(rt::spawn(helper::serve(
+            sock(dir.path(), "s1"),
+            state,
+            helper::Options::default(),
+        )));
+        connected(&c).await;
+        let (good, _) = c.save(Vec::new()).await.unwrap();
+        *watched.state.lock().unwrap() = OLD.to_vec();
+        let (head, tail) = good.split_at(good.len() - STREAM_END_BYTES);
+        let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let head = head.to_vec();
+        let source = std::thread::spawn(move || {
+            writer.write_all(&head).unwrap();
+            writer
+        });
+        // The load is under way, the helper receiving its state; then the
+        // load's future is dropped.
+        let load = Box::pin(c.load(reader, None));
+        let called = Box::pin(rt::spawn_blocking(move || started.recv().unwrap()));
+        match futures::future::select(load, called).await {
+            futures::future::Either::Right(((), load)) => drop(load),
+            futures::future::Either::Left((result, _)) => panic!("the load ended: {result:?}"),
+        }
+        // The rest of the stream arrives and verifies: the abandoned load
+        // must not commit the helper's state.
+        let mut writer = source.join().unwrap();
+        writer.write_all(tail).unwrap();
+        drop(writer);
+        let outcome = rt::spawn_blocking(move || ended.recv().unwrap()).await;
+        assert!(outcome.is_err(), "the abandoned load completed");
+        assert!(*watched.state.lock().unwrap() == OLD);
         c.shutdown().await;
     });
 }

@@ -13,13 +13,15 @@
 //! ([`plain`](super::plain)).
 //! Only once `STREAM_END` has verified, with every helper announced in
 //! the stream's contents present at its announced size, are the routes
-//! finished ([`Route::finish`]): each feeder sends its state's last byte,
-//! each plain helper gets its `Load`. On any error the routes are dropped
-//! unfinished, every feeder closes its helper's socket a byte short, and
-//! no plain `Load` is made ([the rule](crate::coordinator#loading)).
+//! finished ([`Route::finish`]): each feeder commits its state (its last
+//! byte, or a sealed load's trailer), each plain helper gets its `Load`.
+//! On any error the routes are dropped unfinished, every feeder closes its
+//! helper's socket short, and no plain `Load` is made ([the
+//! rule](crate::coordinator#loading)).
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
@@ -44,6 +46,42 @@ pub(crate) const FEED_QUEUE_CHUNKS: usize = 4;
 /// reads into and the one being handed over.
 pub(crate) fn pool_buffers(streaming: usize) -> usize {
     streaming * (FEED_QUEUE_CHUNKS + 1) + 2
+}
+
+/// Set when the load that runs a verifying pass is dropped before it
+/// ended: the pass, on a thread of its own, then finishes no route, so that
+/// an abandoned load never commits a helper's state behind the back of
+/// whatever runs next.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Abandoned(Arc<AtomicBool>);
+
+impl Abandoned {
+    /// A guard that marks the load abandoned when it is dropped; drop it
+    /// only once the pass has ended, or to abandon the load.
+    pub(crate) fn guard(&self) -> AbandonOnDrop {
+        AbandonOnDrop(self.clone())
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.0.load(Ordering::Acquire) {
+            return Err(Error::Io {
+                what: "the load was abandoned before the stream verified",
+                path: None,
+                source: std::io::Error::other("abandoned"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// See [`Abandoned::guard`].
+#[derive(Debug)]
+pub(crate) struct AbandonOnDrop(Abandoned);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0 .0.store(true, Ordering::Release);
+    }
 }
 
 /// Where one helper's state goes.
@@ -136,6 +174,8 @@ pub(crate) struct Pass {
     pub routes: Routes,
     /// The budget the plain states are collected within.
     pub budget: Arc<Budget>,
+    /// Set if the load is dropped while the pass runs.
+    pub abandoned: Abandoned,
 }
 
 impl Pass {
@@ -145,13 +185,19 @@ impl Pass {
     ///
     /// As [`native()`].
     pub(crate) fn run(self, limits: Limits, pool: &Pool) -> Result<(), Error> {
-        from_memory(self.from_memory, pool)?;
         match self.stream {
-            Some((input, contents)) => {
-                native(input, limits, &contents, self.routes, pool, &self.budget)
-            }
-            None => Ok(()),
+            Some((input, contents)) => native(
+                input,
+                limits,
+                &contents,
+                self.routes,
+                pool,
+                &self.budget,
+                &self.abandoned,
+            )?,
+            None => self.abandoned.check()?,
         }
+        from_memory(self.from_memory, pool)
     }
 }
 
@@ -178,6 +224,7 @@ pub(crate) fn native(
     mut routes: Routes,
     pool: &Pool,
     budget: &Arc<Budget>,
+    abandoned: &Abandoned,
 ) -> Result<(), Error> {
     let mut reader = native::Reader::new(input, limits).map_err(read_error)?;
     // By helper index, as the stream numbers them: the route and the
@@ -243,6 +290,7 @@ pub(crate) fn native(
         ));
     }
     // The whole stream verified: every held-back load may complete.
+    abandoned.check()?;
     for route in complete {
         route.finish();
     }
@@ -269,6 +317,7 @@ pub(crate) fn live(
     mut routes: Routes,
     pool: &Pool,
     budget: &Arc<Budget>,
+    abandoned: &Abandoned,
 ) -> Result<Contents, Error> {
     let mut reader = native::Reader::new(input, limits).map_err(read_error)?;
     // By helper index, as the stream numbers them: the route and the Id.
@@ -322,6 +371,7 @@ pub(crate) fn live(
         .collect();
     policy::plan_load(helpers, &ids)?;
     // The whole stream verified: every held-back load may complete.
+    abandoned.check()?;
     for route in complete {
         route.finish();
     }

@@ -19,6 +19,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::Either;
+
 use socket2::Socket;
 
 use crate::coordinator::call::HelperCall;
@@ -34,7 +36,8 @@ use crate::rt;
 pub(crate) enum Feed {
     /// The next bytes of the state (a pool buffer).
     Data(Vec<u8>),
-    /// The whole stream verified: send the last byte and end the state.
+    /// The whole stream verified: commit the state (its last byte, or the
+    /// trailer of a sealed load) and end it.
     Finish,
 }
 
@@ -49,6 +52,9 @@ enum Fed {
     Aborted(u64),
     /// The verifying pass handed over more than the announced size.
     Overrun,
+    /// A write waited longer than the call timeout: the helper stopped
+    /// reading (sealed loads).
+    Stalled,
 }
 
 /// Loads the helper in slot `index` through `LoadFd`, with the `size`
@@ -109,6 +115,13 @@ pub(crate) async fn load(
 /// `feed` ends before anything arrived: the stream held no state for the
 /// helper, or failed before it; the helper was not called. Consumes `feed`
 /// to its end whatever happens.
+///
+/// The state arrives at the pace of the stream (the source's save, the
+/// link), so the call timeout cannot cover the call from its start as it
+/// does for an announced load: it covers the helper's reply once the
+/// trailer is sent, and while the state goes out, each write into the
+/// helper's socket that waits longer than the call timeout fails the load
+/// as timed out (a helper that stopped reading).
 pub(crate) async fn load_sealed(
     inner: &Inner,
     index: usize,
@@ -119,11 +132,16 @@ pub(crate) async fn load_sealed(
     let call = HelperCall::new(inner, index, Call::Load);
     let (first, feed) = rt::spawn_blocking(move || (feed.recv().ok(), feed)).await;
     let first = first?;
-    let pair = Pair::new().and_then(|p| Ok((p.ours.try_clone()?, p)));
+    let pair = Pair::new()
+        .and_then(|p| p.ours.set_write_timeout(Some(call.timeout)).map(|()| p))
+        .and_then(|p| Ok((p.ours.try_clone()?, p)));
     let (control, Pair { ours, theirs }) = match pair {
         Ok(pair) => pair,
         Err(source) => {
             drop(rt::spawn(rt::spawn_blocking(move || {
+                if let Feed::Data(buf) = first {
+                    pool.put(buf);
+                }
                 drain(&feed, &pool);
             })));
             return Some(Err(
@@ -133,8 +151,10 @@ pub(crate) async fn load_sealed(
     };
     let seal = new_seal();
     let started = Instant::now();
-    let feeder = rt::spawn_blocking(move || feed_sealed(&ours, seal, first, &feed, &pool));
-    let load_fd = async {
+    let feeder = std::pin::pin!(rt::spawn_blocking(move || feed_sealed(
+        &ours, seal, first, &feed, &pool
+    )));
+    let load_fd = std::pin::pin!(async {
         let reply =
             iface::call_load_fd_sealed(&peer.conn, peer.destination(), theirs.as_fd(), seal).await;
         drop(theirs);
@@ -142,15 +162,20 @@ pub(crate) async fn load_sealed(
             pair::abort(&control);
         }
         reply
+    });
+    let (reply, fed) = match futures::future::select(load_fd, feeder).await {
+        // The helper replied before its state ended: an error, which the
+        // feeder's writes then see.
+        Either::Left((reply, feeder)) => (reply, feeder.await),
+        Either::Right((fed, load_fd)) => match call.within(load_fd).await {
+            Ok(reply) => (reply, fed),
+            Err(timed_out) => {
+                pair::abort(&control);
+                return Some(Err(timed_out));
+            }
+        },
     };
-    let result = match call.within(futures::future::join(load_fd, feeder)).await {
-        Ok((reply, fed)) => judge(&call, None, reply, fed),
-        Err(timed_out) => {
-            pair::abort(&control);
-            Err(timed_out)
-        }
-    };
-    Some(result.map(|bytes| Transfer {
+    Some(judge(&call, None, reply, fed).map(|bytes| Transfer {
         bytes,
         duration: started.elapsed(),
     }))
@@ -205,6 +230,8 @@ fn judge(
             ),
             None,
         )),
+        // The helper stopped reading: what it replied after follows.
+        (_, Fed::Stalled) => Err(call.timed_out()),
         (_, Fed::Overrun) => Err(call.transfer(
             format!(
                 "the stream held more than the {} bytes announced",
@@ -288,7 +315,7 @@ fn feed_sealed(end: &Socket, seal: u64, first: Feed, feed: &Receiver<Feed>, pool
                         Ok(()) => sent += buf.len() as u64,
                         Err(e) => {
                             pair::abort(end);
-                            failure = Some(Fed::Failed(e, sent));
+                            failure = Some(stalled_or_failed(e, sent));
                         }
                     }
                 }
@@ -302,7 +329,7 @@ fn feed_sealed(end: &Socket, seal: u64, first: Feed, feed: &Receiver<Feed>, pool
                 if let Err(e) = pair::send_all(end, &iface::seal_trailer(seal, sent)) {
                     pair::abort(end);
                     drain(feed, pool);
-                    return Fed::Failed(e, sent);
+                    return stalled_or_failed(e, sent);
                 }
                 let _ = end.shutdown(std::net::Shutdown::Write);
                 drain(feed, pool);
@@ -312,6 +339,16 @@ fn feed_sealed(end: &Socket, seal: u64, first: Feed, feed: &Receiver<Feed>, pool
     }
     pair::abort(end);
     failure.unwrap_or(Fed::Aborted(sent))
+}
+
+/// A write that failed after `sent` bytes: [`Fed::Stalled`] when it timed
+/// out (`SO_SNDTIMEO` makes a blocked `send` fail with `EAGAIN`).
+fn stalled_or_failed(e: std::io::Error, sent: u64) -> Fed {
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Fed::Stalled
+    } else {
+        Fed::Failed(e, sent)
+    }
 }
 
 /// Sends `buf`, keeping back the state's very last byte.

@@ -111,10 +111,14 @@ pub(super) async fn run(
     ));
 
     let started = Instant::now();
+    let abandoned = dispatch::Abandoned::default();
+    let _abandon_on_drop = abandoned.guard();
     let passed = {
         let (pool, limits, budget) = (pool.clone(), limits(inner), inner.config.budget.clone());
         let helpers: Vec<_> = inner.slots.iter().map(|s| s.spec.clone()).collect();
-        rt::spawn_blocking(move || dispatch::live(input, limits, &helpers, routes, &pool, &budget))
+        rt::spawn_blocking(move || {
+            dispatch::live(input, limits, &helpers, routes, &pool, &budget, &abandoned)
+        })
     };
     let calls = join_all(participants.iter().zip(incoming).map(|(p, incoming)| {
         let pool = pool.clone();

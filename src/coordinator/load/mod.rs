@@ -128,6 +128,7 @@ async fn run(
     ));
 
     let started = Instant::now();
+    let _abandon_on_drop = pass.abandoned.guard();
     let passed = {
         let (pool, limits) = (pool.clone(), limits(inner));
         rt::spawn_blocking(move || pass.run(limits, &pool))
@@ -261,6 +262,7 @@ fn route(inner: &Inner, targets: &[Target], verified: Verified) -> (Pass, Vec<In
         stream,
         routes,
         budget: inner.config.budget.clone(),
+        abandoned: dispatch::Abandoned::default(),
     };
     (pass, incoming)
 }

@@ -125,7 +125,19 @@ impl Collect {
             }
         }
         match self {
-            Collect::Memory { data: held, .. } => held.extend_from_slice(data),
+            Collect::Memory { data: held, permit } => {
+                // Grown by doubling, but never past the budget: the memory
+                // held stays within the room counted.
+                let len = held.len() + data.len();
+                if len > held.capacity() {
+                    let limit = usize::try_from(permit.budget().limit()).unwrap_or(usize::MAX);
+                    let capacity = len
+                        .max(held.capacity().saturating_mul(2))
+                        .min(limit.max(len));
+                    held.reserve_exact(capacity - held.len());
+                }
+                held.extend_from_slice(data);
+            }
             Collect::Spilled { file, bytes } => {
                 file.write_all(data).map_err(spill_error)?;
                 *bytes += data.len() as u64;
