@@ -210,6 +210,31 @@ mod tests {
     }
 
     #[test]
+    fn every_load_keeps_the_replaced_files_permission_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |state: &FileState| {
+            std::fs::metadata(&state.path).unwrap().permissions().mode() & 0o7777
+        };
+        let data = pattern(4097);
+        for how in ["load", "load_from", "load_from_stream"] {
+            let (_dir, target) = state_with(b"old");
+            let perms = std::fs::Permissions::from_mode(0o640);
+            std::fs::set_permissions(&target.path, perms).unwrap();
+            match how {
+                "load" => target.load(data.clone()).unwrap(),
+                "load_from" => target.load_from(&mut data.as_slice()).unwrap(),
+                _ => {
+                    let mut input = stream_in(data.clone(), data.len() as u64);
+                    target.load_from_stream(&mut input).unwrap();
+                    input.finish().unwrap();
+                }
+            }
+            assert_eq!(std::fs::read(&target.path).unwrap(), data, "{how}");
+            assert_eq!(mode(&target), 0o640, "{how}");
+        }
+    }
+
+    #[test]
     fn a_short_stream_leaves_the_old_file_and_says_how_short() {
         let (_dir, target) = state_with(b"old state");
         let mut input = stream_in(pattern(1000), 4097);

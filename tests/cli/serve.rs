@@ -210,9 +210,9 @@ fn status_reports_helpers_and_transfers() {
     assert_eq!(b["connected"], false);
     assert_eq!(b["required"], false);
 
-    // A helper that claims another Id on b's socket is turned away, and
-    // status says why.
-    let _impostor = bin()
+    // A helper that claims another Id on b's socket is turned away: it
+    // exits 2 with the coordinator's reason, and status says why.
+    let impostor = bin()
         .args([
             "helper",
             "--id",
@@ -222,10 +222,18 @@ fn status_reports_helpers_and_transfers() {
             "--socket",
         ])
         .arg(dir.join("b.sock"))
-        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .map(Helper)
         .unwrap();
+    let out = wait_output(impostor);
+    assert_exit(&out, 2);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("helper \"x\"") && err.contains("it claims Id \"x\""),
+        "{err}"
+    );
     wait_until("the impostor's rejection", || {
         status()["helpers"][1]["last_rejection"]
             .as_str()
@@ -350,14 +358,19 @@ fn load_rejects_a_corrupt_stream_and_loads_nothing() {
     .unwrap();
     let cut = root.join("cut.vmstate");
     std::fs::write(&cut, &good[..good.len() - 10]).unwrap();
-    let out = load(&serve, &cut, &[]);
-    assert_exit(&out, 1);
-    assert!(
-        text(&out.stderr).contains("StreamRejected"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert_eq!(std::fs::read(root.join("a.state")).unwrap(), b"old a");
+    // Empty: named as inspect names it.
+    let empty = root.join("empty.vmstate");
+    std::fs::write(&empty, b"").unwrap();
+    for (input, needle) in [
+        (cut, "StreamRejected"),
+        (empty, "not a state stream: the input is empty"),
+    ] {
+        let out = load(&serve, &input, &[]);
+        assert_exit(&out, 1);
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{}: {err}", input.display());
+        assert_eq!(std::fs::read(root.join("a.state")).unwrap(), b"old a");
+    }
 }
 
 /// `helper --save-cmd/--load-cmd`: a program that can dump and restore
