@@ -275,6 +275,26 @@ fn asleep(task: &std::path::Path) -> bool {
 /// Bytes of the `STREAM_END` record that ends every native stream.
 const STREAM_END_BYTES: usize = 28;
 
+/// A socket (read once, like a pipe) holding all of `stream` but its
+/// `STREAM_END` record, written by a thread that hands back the open
+/// writer; and that last record.
+fn all_but_stream_end(
+    stream: &[u8],
+) -> (
+    std::os::unix::net::UnixStream,
+    std::thread::JoinHandle<std::os::unix::net::UnixStream>,
+    &[u8],
+) {
+    let (head, tail) = stream.split_at(stream.len() - STREAM_END_BYTES);
+    let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let head = head.to_vec();
+    let source = std::thread::spawn(move || {
+        writer.write_all(&head).unwrap();
+        writer
+    });
+    (reader, source, tail)
+}
+
 #[test]
 fn a_stream_read_once_is_loaded_while_it_arrives() {
     // Passed as a reader, and as a file that turns out to be a pipe (what
@@ -289,15 +309,7 @@ fn stream_read_once_is_loaded_while_it_arrives(as_file: bool) {
         let dir = tmpdir();
         let (c, fakes) = helpers(dir.path(), &["s1", "p1", "sb", "s0"]).await;
         let (good, states) = saved(&c, &fakes).await;
-        let (head, tail) = good.split_at(good.len() - STREAM_END_BYTES);
-        // A socket (read once, like a pipe) holding all but the stream's
-        // last record, its writer open.
-        let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let head = head.to_vec();
-        let source = std::thread::spawn(move || {
-            writer.write_all(&head).unwrap();
-            writer
-        });
+        let (reader, source, tail) = all_but_stream_end(&good);
         let load = async {
             if as_file {
                 let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
@@ -439,13 +451,7 @@ fn an_abandoned_load_commits_nothing() {
         connected(&c).await;
         let (good, _) = c.save(Vec::new()).await.unwrap();
         *watched.state.lock().unwrap() = OLD.to_vec();
-        let (head, tail) = good.split_at(good.len() - STREAM_END_BYTES);
-        let (reader, mut writer) = std::os::unix::net::UnixStream::pair().unwrap();
-        let head = head.to_vec();
-        let source = std::thread::spawn(move || {
-            writer.write_all(&head).unwrap();
-            writer
-        });
+        let (reader, source, tail) = all_but_stream_end(&good);
         // The load is under way, the helper receiving its state; then the
         // load's future is dropped.
         let load = Box::pin(c.load(reader, None));
