@@ -52,7 +52,8 @@ pub const METHOD_LOAD_FD: &str = "LoadFd";
 /// whose size is not known when it starts.
 pub const SEALED_LOAD_INTERFACE: &str = "org.dbusvmstate.SealedLoad1";
 /// `LoadFd(h fd, t seal)` of [`SEALED_LOAD_INTERFACE`]: the helper reads
-/// its new state from `fd`, then the [seal](seal_trailer).
+/// its new state from `fd`, then a trailer of [`SEAL_TRAILER_BYTES`]
+/// (`seal`, then the state's size).
 pub const METHOD_LOAD_FD_SEALED: &str = "LoadFd";
 /// Bytes of the trailer that ends a sealed load: the call's seal, then
 /// the state's size, each a little-endian `u64`.
