@@ -53,8 +53,6 @@ pub struct Reader<R: Read> {
     /// payload bytes arrive and is reused for every record.
     buf: Vec<u8>,
     payload_len: usize,
-    /// CRC-32C of the current record's payload alone.
-    payload_crc: u32,
     helpers: Vec<Helper>,
     ids: HashSet<String>,
     total_bytes: u64,
@@ -140,7 +138,6 @@ impl<R: Read> Reader<R> {
             offset: len_u64(HEADER_BYTES),
             buf: Vec::new(),
             payload_len: 0,
-            payload_crc: 0,
             helpers: Vec::new(),
             ids: HashSet::new(),
             total_bytes: 0,
@@ -255,12 +252,7 @@ impl<R: Read> Reader<R> {
         self.read_payload(h.len as usize)?;
         let mut cb = [0u8; RECORD_CRC_BYTES];
         self.read_exact(&mut cb, "record checksum")?;
-        // One pass over the payload gives both the record's checksum and,
-        // for a chunk, its share of the blob's.
-        self.payload_crc = crc32c::crc32c(self.payload());
-        let record_crc =
-            crc32c::crc32c_combine(crc32c::crc32c(&hb), self.payload_crc, h.len as usize);
-        if record_crc != u32::from_le_bytes(cb) {
+        if crc32c::crc32c_append(crc32c::crc32c(&hb), self.payload()) != u32::from_le_bytes(cb) {
             return Err(Error::Checksum {
                 offset: start,
                 what: "record",
@@ -370,7 +362,7 @@ impl<R: Read> Reader<R> {
         // Checked against the limit before the payload was read.
         helper.bytes = helper.bytes.saturating_add(len);
         helper.chunks += 1;
-        helper.crc = crc32c::crc32c_combine(helper.crc, self.payload_crc, data.len());
+        helper.crc = crc32c::crc32c_append(helper.crc, data);
         self.total_bytes = self.total_bytes.saturating_add(len);
         Ok(Step::Chunk(index))
     }
