@@ -261,7 +261,7 @@ pub(crate) fn native(
                     }
                     match route {
                         Some(route) if route.takes_buffers() => {
-                            let buf = reader.take_payload(pool.get());
+                            let buf = reader.take_payload(pool.get_as_is());
                             route.pass_on(buf, pool);
                         }
                         Some(route) => route.chunk(data, pool)?,
@@ -338,7 +338,7 @@ pub(crate) fn live(
             native::Event::Chunk { helper, data } => {
                 if let Some((Some(route), id)) = open.get_mut(helper as usize) {
                     if route.takes_buffers() {
-                        let buf = reader.take_payload(pool.get());
+                        let buf = reader.take_payload(pool.get_as_is());
                         route.pass_on(buf, pool);
                         continue;
                     }

@@ -46,6 +46,15 @@ impl Pool {
 
     /// An empty buffer; waits while `max` buffers are out.
     pub(crate) fn get(&self) -> Vec<u8> {
+        let mut buf = self.get_as_is();
+        buf.clear();
+        buf
+    }
+
+    /// A buffer holding whatever it held when it was returned (a reused
+    /// one keeps its length, so a reader that fills it from the start
+    /// need not zero it first); waits while `max` buffers are out.
+    pub(crate) fn get_as_is(&self) -> Vec<u8> {
         let mut state = self.lock();
         while state.out >= self.max {
             state = self.returned.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -58,8 +67,7 @@ impl Pool {
     }
 
     /// Returns a buffer taken with [`Pool::get`].
-    pub(crate) fn put(&self, mut buf: Vec<u8>) {
-        buf.clear();
+    pub(crate) fn put(&self, buf: Vec<u8>) {
         let mut state = self.lock();
         state.out = state.out.saturating_sub(1);
         if buf.capacity() == self.capacity {
