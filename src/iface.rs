@@ -370,8 +370,19 @@ pub(crate) async fn call_save_fd(
     body.deserialize::<u64>()
 }
 
-/// Calls `LoadFd` with `fd` (the helper's end of a socket pair) and the
-/// exact number of bytes the coordinator will write into its own end.
+/// How a streaming load ends, which decides the `LoadFd` called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdLoad {
+    /// `Stream1.LoadFd(fd, size)`: exactly `size` bytes, then end-of-file.
+    Announced(u64),
+    /// `SealedLoad1.LoadFd(fd, seal)`: the state, then the trailer of
+    /// `seal` ([`seal_trailer`]), then end-of-file.
+    Sealed(u64),
+}
+
+/// Calls `LoadFd` with `fd` (the helper's end of a socket pair): the
+/// announced one with the exact number of bytes the coordinator will write
+/// into its own end, or the sealed one with the seal it will end them with.
 ///
 /// # Errors
 ///
@@ -380,37 +391,18 @@ pub(crate) async fn call_load_fd(
     conn: &Connection,
     destination: Option<&str>,
     fd: BorrowedFd<'_>,
-    size: u64,
+    load: FdLoad,
 ) -> zbus::Result<()> {
+    let (interface, method, arg) = match load {
+        FdLoad::Announced(size) => (STREAM_INTERFACE, METHOD_LOAD_FD, size),
+        FdLoad::Sealed(seal) => (SEALED_LOAD_INTERFACE, METHOD_LOAD_FD_SEALED, seal),
+    };
     conn.call_method(
         destination,
         OBJECT_PATH,
-        Some(STREAM_INTERFACE),
-        METHOD_LOAD_FD,
-        &(zbus::Fd::from(fd), size),
-    )
-    .await
-    .map(drop)
-}
-
-/// Calls the sealed `LoadFd` with `fd` (the helper's end of a socket pair)
-/// and the `seal` the coordinator will end the state with.
-///
-/// # Errors
-///
-/// The call's error.
-pub(crate) async fn call_load_fd_sealed(
-    conn: &Connection,
-    destination: Option<&str>,
-    fd: BorrowedFd<'_>,
-    seal: u64,
-) -> zbus::Result<()> {
-    conn.call_method(
-        destination,
-        OBJECT_PATH,
-        Some(SEALED_LOAD_INTERFACE),
-        METHOD_LOAD_FD_SEALED,
-        &(zbus::Fd::from(fd), seal),
+        Some(interface),
+        method,
+        &(zbus::Fd::from(fd), arg),
     )
     .await
     .map(drop)

@@ -28,7 +28,7 @@ use crate::coordinator::transfer::pair::{self, Pair};
 use crate::coordinator::transfer::pool::Pool;
 use crate::coordinator::{Inner, Peer, Transfer};
 use crate::error::{Call, Error};
-use crate::iface;
+use crate::iface::{self, FdLoad};
 use crate::rt;
 
 /// What the verifying pass hands a feeder.
@@ -89,7 +89,13 @@ pub(crate) async fn load(
     let started = Instant::now();
     let feeder = rt::spawn_blocking(move || feed_socket(&ours, size, &feed, &pool));
     let load_fd = async {
-        let reply = iface::call_load_fd(&peer.conn, peer.destination(), theirs.as_fd(), size).await;
+        let reply = iface::call_load_fd(
+            &peer.conn,
+            peer.destination(),
+            theirs.as_fd(),
+            FdLoad::Announced(size),
+        )
+        .await;
         drop(theirs);
         if reply.is_err() {
             pair::abort(&control);
@@ -155,8 +161,13 @@ pub(crate) async fn load_sealed(
         &ours, seal, first, &feed, &pool
     )));
     let load_fd = std::pin::pin!(async {
-        let reply =
-            iface::call_load_fd_sealed(&peer.conn, peer.destination(), theirs.as_fd(), seal).await;
+        let reply = iface::call_load_fd(
+            &peer.conn,
+            peer.destination(),
+            theirs.as_fd(),
+            FdLoad::Sealed(seal),
+        )
+        .await;
         drop(theirs);
         if reply.is_err() {
             pair::abort(&control);

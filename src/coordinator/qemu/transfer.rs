@@ -173,7 +173,13 @@ async fn load_streamed(peer: &Peer, call: &HelperCall<'_>, data: Vec<u8>) -> Res
         sent
     });
     let load_fd = async {
-        let reply = iface::call_load_fd(&peer.conn, peer.destination(), theirs.as_fd(), size).await;
+        let reply = iface::call_load_fd(
+            &peer.conn,
+            peer.destination(),
+            theirs.as_fd(),
+            iface::FdLoad::Announced(size),
+        )
+        .await;
         drop(theirs);
         if reply.is_err() {
             pair::abort(&control);
