@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::key::KeyId;
+
 /// Errors of the stream encoders and decoders.
 ///
 /// Every variant about one helper names it when the Id is known;
@@ -27,12 +29,12 @@ pub enum Error {
 
     /// The stream's format version is not one this reader knows.
     #[error(
-        "unsupported stream format version {found} (this reader supports version {supported})"
+        "unsupported stream format version {found} (this reader supports versions 1 to {supported})"
     )]
     UnsupportedVersion {
         /// The version in the stream header.
         found: u32,
-        /// The version this reader supports.
+        /// The newest version this reader supports.
         supported: u32,
     },
 
@@ -168,6 +170,44 @@ pub enum Error {
         id: String,
     },
 
+    /// The stream is encrypted and no key was given to read it.
+    #[error("the stream is encrypted (with key {key_id}); its key file is needed to read it")]
+    KeyRequired {
+        /// The fingerprint of the key the stream was written with.
+        key_id: KeyId,
+    },
+
+    /// The stream is encrypted with another key than the one given.
+    #[error("the stream is encrypted with key {stream}, not with the key given ({given})")]
+    WrongKey {
+        /// The fingerprint of the key the stream was written with.
+        stream: KeyId,
+        /// The fingerprint of the key given.
+        given: KeyId,
+    },
+
+    /// A key was given and the stream is not encrypted, which the reader
+    /// was not told to accept.
+    #[error(
+        "the stream is not encrypted, but a key was given: refusing to trust \
+         it (accept unencrypted streams explicitly to read it)"
+    )]
+    NotEncrypted,
+
+    /// An encrypted record failed authentication: the stream was altered
+    /// (a byte changed, a record dropped, repeated, moved or taken from
+    /// another stream), or its header was.
+    #[error(
+        "{what} at byte {offset} fails authentication: the stream was altered \
+         (or is not the one its header names)"
+    )]
+    Authentication {
+        /// Where the record starts.
+        offset: u64,
+        /// What failed, e.g. `"record"`.
+        what: &'static str,
+    },
+
     /// A reader or writer was used after it had failed; the stream is
     /// incomplete and cannot be continued.
     #[error("stream used after an earlier error")]
@@ -194,6 +234,7 @@ impl Error {
             | Error::Checksum { offset, .. }
             | Error::Corrupt { offset, .. }
             | Error::TrailingData { offset }
+            | Error::Authentication { offset, .. }
             | Error::Section { offset, .. } => Some(*offset),
             _ => None,
         }

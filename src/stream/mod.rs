@@ -36,10 +36,12 @@ use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 mod error;
+pub mod key;
 pub mod native;
 pub mod qemu;
 
 pub use error::{Error, ParseFormatError};
+pub use key::{Key, KeyError, KeyId};
 
 /// Longest helper Id in bytes (QEMU's limit). The shortest is 1 byte.
 pub const MAX_ID_BYTES: usize = 255;

@@ -1,5 +1,5 @@
-//! The native stream format, version 1, as `protocol/stream-format.md`
-//! specifies it.
+//! The native stream format, versions 1 and 2, as
+//! `protocol/stream-format.md` specifies it.
 //!
 //! A 20-byte header (magic, version, flags, CRC-32C), then records, each a
 //! 12-byte header, a payload and a CRC-32C of both. A helper's blob is a
@@ -7,6 +7,14 @@
 //! the blob's bytes, and an `END` record carrying the blob's length and
 //! CRC-32C. Chunks of different helpers may interleave. A `STREAM_END`
 //! record closes the stream. All integers are little-endian.
+//!
+//! Version 2 keeps that layout and adds two header flags: compressed
+//! streams store each chunk as a zstd frame when that is shorter, and
+//! encrypted streams seal every record's payload with AES-256-GCM under a
+//! key derived per stream from a [`Key`] and a random salt, authenticating
+//! each record with its position. [`WriteOptions`] asks for them (a writer
+//! emits version 1 otherwise: [`check_version`] states the rule), and
+//! [`ReadOptions`] gives a reader the key.
 //!
 //! [`Writer`] and [`Reader`] stream through bounded memory;
 //! [`read_all`] and [`write()`] work on whole [`Record`]s; [`inspect`]
@@ -36,10 +44,17 @@ use std::io::{Read, Write};
 use super::{Error, Limits, Record};
 
 mod reader;
+mod v2;
 mod writer;
 
-pub use reader::{Event, Reader};
+pub use reader::{survey, Event, Reader, Survey, SurveyHelper};
+pub use v2::{
+    check_version, Features, DECODED_LEN_BYTES, FLAG_COMPRESSED, FLAG_ENCRYPTED, KEY_BLOCK_BYTES,
+    TAG_BYTES, ZSTD_LEVEL,
+};
 pub use writer::Writer;
+
+use super::key::{Key, KeyId};
 
 /// The stream's first 8 bytes: `0x89 'V' 'M' 'S' 'T' CR LF SUB`.
 ///
@@ -48,8 +63,10 @@ pub use writer::Writer;
 /// payload (see [`super::Format::detect`]).
 pub const MAGIC: [u8; 8] = [0x89, b'V', b'M', b'S', b'T', 0x0D, 0x0A, 0x1A];
 
-/// The format version this crate writes and reads.
-pub const VERSION: u32 = 1;
+/// The newest format version this crate reads and writes. It reads
+/// versions 1 and 2 and writes version 1 unless compression or
+/// encryption is asked for ([`check_version`]).
+pub const VERSION: u32 = 2;
 
 /// Size of the stream header: magic, version, flags, CRC-32C.
 pub const HEADER_BYTES: usize = 20;
@@ -110,31 +127,12 @@ impl Kind {
     }
 }
 
-/// States the compatibility rule: a reader accepts exactly the versions it
-/// knows, which for this crate is [`VERSION`] (1). A stream from a newer
-/// writer is refused rather than misread; a writer that changes the layout
-/// must bump the version, and adding a record kind is a layout change.
-///
-/// # Errors
-///
-/// [`Error::UnsupportedVersion`] for any other version.
-pub fn check_version(found: u32) -> Result<(), Error> {
-    if found == VERSION {
-        Ok(())
-    } else {
-        Err(Error::UnsupportedVersion {
-            found,
-            supported: VERSION,
-        })
-    }
-}
-
-/// The version-1 stream header (no flags), with its CRC.
-fn encode_header() -> [u8; HEADER_BYTES] {
+/// The stream header for `features`, with its CRC.
+fn encode_header(features: Features) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    // Bytes 12..16 are the flags, 0 in version 1.
+    h[8..12].copy_from_slice(&features.version().to_le_bytes());
+    h[12..16].copy_from_slice(&features.flags().to_le_bytes());
     let crc = crc32c::crc32c(&h[..16]);
     h[16..].copy_from_slice(&crc.to_le_bytes());
     h
@@ -144,7 +142,8 @@ fn encode_header() -> [u8; HEADER_BYTES] {
 #[derive(Debug, Clone, Copy)]
 struct RecordHeader {
     kind: u8,
-    reserved8: u8,
+    /// Reserved (0) in version 1; the payload's encoding in version 2.
+    encoding: u8,
     reserved16: u16,
     helper: u32,
     len: u32,
@@ -154,7 +153,7 @@ impl RecordHeader {
     fn new(kind: Kind, helper: u32, len: u32) -> Self {
         RecordHeader {
             kind: kind as u8,
-            reserved8: 0,
+            encoding: 0,
             reserved16: 0,
             helper,
             len,
@@ -164,7 +163,7 @@ impl RecordHeader {
     fn encode(self) -> [u8; RECORD_HEADER_BYTES] {
         let mut b = [0u8; RECORD_HEADER_BYTES];
         b[0] = self.kind;
-        b[1] = self.reserved8;
+        b[1] = self.encoding;
         b[2..4].copy_from_slice(&self.reserved16.to_le_bytes());
         b[4..8].copy_from_slice(&self.helper.to_le_bytes());
         b[8..12].copy_from_slice(&self.len.to_le_bytes());
@@ -174,7 +173,7 @@ impl RecordHeader {
     fn decode(b: &[u8; RECORD_HEADER_BYTES]) -> Self {
         RecordHeader {
             kind: b[0],
-            reserved8: b[1],
+            encoding: b[1],
             reserved16: u16::from_le_bytes([b[2], b[3]]),
             helper: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
@@ -206,7 +205,20 @@ fn u32_u64(a: u32, b: u64) -> [u8; END_PAYLOAD_BYTES] {
 /// Any [`Reader`] error; nothing is returned unless the whole stream,
 /// including its `STREAM_END` and the end of input after it, verified.
 pub fn read_all<R: Read>(r: R, limits: Limits) -> Result<Vec<Record>, Error> {
-    let mut reader = Reader::new(r, limits)?;
+    read_all_with(r, limits, &ReadOptions::default())
+}
+
+/// [`read_all`] with a key ([`ReadOptions`]).
+///
+/// # Errors
+///
+/// As [`read_all`].
+pub fn read_all_with<R: Read>(
+    r: R,
+    limits: Limits,
+    options: &ReadOptions,
+) -> Result<Vec<Record>, Error> {
+    let mut reader = Reader::with_options(r, limits, options)?;
     let mut records: Vec<Record> = Vec::new();
     while let Some(event) = reader.next_event()? {
         match event {
@@ -232,7 +244,16 @@ pub fn read_all<R: Read>(r: R, limits: Limits) -> Result<Vec<Record>, Error> {
 /// [`Error::InvalidId`] or [`Error::DuplicateId`] for a bad record (found
 /// when that record is reached), [`Error::Io`] if writing fails.
 pub fn write<W: Write>(w: W, records: &[Record]) -> Result<(), Error> {
-    let mut writer = Writer::new(w)?;
+    write_with(w, records, &WriteOptions::default())
+}
+
+/// [`write()`] with compression or encryption ([`WriteOptions`]).
+///
+/// # Errors
+///
+/// As [`write()`].
+pub fn write_with<W: Write>(w: W, records: &[Record], options: &WriteOptions) -> Result<(), Error> {
+    let mut writer = Writer::with_options(w, options)?;
     for record in records {
         writer.write_blob(&record.id, &record.data)?;
     }
@@ -246,9 +267,61 @@ pub fn write<W: Write>(w: W, records: &[Record]) -> Result<(), Error> {
 ///
 /// As [`write()`], without I/O errors.
 pub fn encode(records: &[Record]) -> Result<Vec<u8>, Error> {
+    encode_with(records, &WriteOptions::default())
+}
+
+/// [`encode`] with compression or encryption ([`WriteOptions`]).
+///
+/// # Errors
+///
+/// As [`write()`], without I/O errors.
+pub fn encode_with(records: &[Record], options: &WriteOptions) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
-    write(&mut out, records)?;
+    write_with(&mut out, records, options)?;
     Ok(out)
+}
+
+/// How a writer encodes a stream. The default (no compression, no key)
+/// writes version 1.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Store each chunk as a zstd frame when that is shorter.
+    pub compress: bool,
+    /// Encrypt and authenticate every record with a key derived from
+    /// this one and a random salt.
+    pub key: Option<Key>,
+}
+
+impl WriteOptions {
+    /// The features these options give a stream.
+    pub fn features(&self) -> Features {
+        Features {
+            compressed: self.compress,
+            encrypted: self.key.is_some(),
+        }
+    }
+}
+
+/// How a reader decodes a stream. The default reads unencrypted streams
+/// only.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// The key of encrypted streams. A reader given a key refuses an
+    /// unencrypted stream ([`Error::NotEncrypted`]) unless
+    /// [`allow_unencrypted`](Self::allow_unencrypted) is set.
+    pub key: Option<Key>,
+    /// With a key, read unencrypted streams too.
+    pub allow_unencrypted: bool,
+}
+
+impl ReadOptions {
+    /// Options with `key`, refusing unencrypted streams.
+    pub fn with_key(key: Key) -> Self {
+        ReadOptions {
+            key: Some(key),
+            allow_unencrypted: false,
+        }
+    }
 }
 
 /// What a verified native stream holds, without the blobs.
@@ -256,6 +329,10 @@ pub fn encode(records: &[Record]) -> Result<Vec<u8>, Error> {
 pub struct Summary {
     /// The format version from the header.
     pub version: u32,
+    /// Whether chunks may be compressed (version 2).
+    pub compressed: bool,
+    /// The fingerprint of the key of an encrypted stream (version 2).
+    pub key_id: Option<KeyId>,
     /// One entry per helper, in `BEGIN` order.
     pub helpers: Vec<HelperSummary>,
     /// Sum of all blob sizes, in bytes.
@@ -273,6 +350,12 @@ pub struct HelperSummary {
     pub bytes: u64,
     /// Number of `CHUNK` records that carried the blob.
     pub chunks: u64,
+    /// Of those, how many were stored compressed.
+    pub compressed_chunks: u64,
+    /// Bytes of the blob as stored: the payloads of its `CHUNK` records,
+    /// after compression and with their tags (equal to `bytes` in an
+    /// uncompressed, unencrypted stream).
+    pub stored_bytes: u64,
     /// CRC-32C of the blob.
     pub crc32c: u32,
 }
@@ -284,7 +367,20 @@ pub struct HelperSummary {
 ///
 /// Any [`Reader`] error.
 pub fn inspect<R: Read>(r: R, limits: Limits) -> Result<Summary, Error> {
-    let mut reader = Reader::new(r, limits)?;
+    inspect_with(r, limits, &ReadOptions::default())
+}
+
+/// [`inspect`] with a key ([`ReadOptions`]).
+///
+/// # Errors
+///
+/// Any [`Reader`] error.
+pub fn inspect_with<R: Read>(
+    r: R,
+    limits: Limits,
+    options: &ReadOptions,
+) -> Result<Summary, Error> {
+    let mut reader = Reader::with_options(r, limits, options)?;
     while reader.next_event()?.is_some() {}
     Ok(reader.summary())
 }

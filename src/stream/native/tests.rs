@@ -10,6 +10,19 @@ fn blob(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Incompressible test data (xorshift64).
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 fn small_records() -> Vec<Record> {
     vec![
         Record::new("idA", b"I'am\0idA!\0".to_vec()),
@@ -31,11 +44,11 @@ struct Craft(Vec<u8>);
 
 impl Craft {
     fn new() -> Self {
-        Craft(encode_header().to_vec())
+        Craft(encode_header(Features::default()).to_vec())
     }
 
     fn with_header(version: u32, flags: u32) -> Self {
-        let mut h = encode_header();
+        let mut h = encode_header(Features::default());
         h[8..12].copy_from_slice(&version.to_le_bytes());
         h[12..16].copy_from_slice(&flags.to_le_bytes());
         let crc = crc32c::crc32c(&h[..16]);
@@ -190,7 +203,7 @@ fn interleaved_chunks_round_trip() {
 fn inspect_reports_each_helper() {
     let bytes = small_stream();
     let s = inspect(&bytes[..], limits()).unwrap();
-    assert_eq!(s.version, VERSION);
+    assert_eq!(s.version, 1);
     assert_eq!(s.total_bytes, 13);
     assert_eq!(s.stream_bytes, bytes.len() as u64);
     let ids: Vec<_> = s.helpers.iter().map(|h| h.id.as_str()).collect();
@@ -209,17 +222,74 @@ fn rejects_bad_magic() {
 
 #[test]
 fn rejects_newer_version() {
-    let bytes = Craft::with_header(2, 0).stream_end(0, 0).bytes();
+    let bytes = Craft::with_header(3, 0).stream_end(0, 0).bytes();
     let e = read_err(&bytes, limits());
     assert!(matches!(
         e,
         Error::UnsupportedVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     ));
-    assert!(check_version(1).is_ok());
-    assert!(check_version(0).is_err());
+    assert_eq!(check_version(1, 0).unwrap(), Features::default());
+    assert!(check_version(0, 0).is_err());
+    // Version 2 has no stream without a feature, and no other flag.
+    assert!(matches!(
+        check_version(2, 0),
+        Err(Error::UnsupportedFlags { flags: 0 })
+    ));
+    assert!(matches!(
+        check_version(2, 4),
+        Err(Error::UnsupportedFlags { flags: 4 })
+    ));
+    assert!(matches!(
+        check_version(1, 1),
+        Err(Error::UnsupportedFlags { flags: 1 })
+    ));
+    for flags in 1..=3 {
+        let f = check_version(2, flags).unwrap();
+        assert_eq!((f.flags(), f.version()), (flags, 2));
+    }
+    assert_eq!(Features::default().version(), 1);
+}
+
+#[test]
+fn every_encoding_round_trips_and_reports_itself() {
+    let key = crate::stream::Key::from_bytes([7; 32]);
+    let mut records = small_records();
+    records.push(Record::new("text", b"conntrack line\n".repeat(300_000)));
+    records.push(Record::new("random", noise(3 * CHUNK_BYTES + 17)));
+    for (compress, encrypt) in [(false, false), (true, false), (false, true), (true, true)] {
+        let w = WriteOptions {
+            compress,
+            key: encrypt.then(|| key.clone()),
+        };
+        let bytes = encode_with(&records, &w).unwrap();
+        let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+        assert_eq!(version, if compress || encrypt { 2 } else { 1 });
+        let r = ReadOptions {
+            key: encrypt.then(|| key.clone()),
+            allow_unencrypted: false,
+        };
+        assert_eq!(read_all_with(&bytes[..], limits(), &r).unwrap(), records);
+        let summary = inspect_with(&bytes[..], limits(), &r).unwrap();
+        assert_eq!(summary.compressed, compress);
+        assert_eq!(summary.key_id, encrypt.then(|| key.id()));
+        assert_eq!(summary.stream_bytes, bytes.len() as u64);
+        let text = &summary.helpers[3];
+        if compress {
+            assert!(text.stored_bytes * 20 < text.bytes, "{text:?}");
+            assert_eq!(text.compressed_chunks, text.chunks);
+            let random = &summary.helpers[4];
+            assert_eq!(random.compressed_chunks, 0, "{random:?}");
+        } else {
+            assert!(text.stored_bytes >= text.bytes);
+        }
+        let survey = survey(&bytes[..], limits()).unwrap();
+        assert_eq!(survey.helpers.len(), records.len());
+        assert_eq!(survey.key_id, summary.key_id);
+        assert_eq!(survey.helpers[3].stored_bytes, text.stored_bytes);
+    }
 }
 
 #[test]
@@ -383,7 +453,10 @@ fn rejects_non_zero_reserved_fields() {
         h[at] = value;
         let bytes = Craft::new().raw(h, b"a").bytes();
         let e = read_err(&bytes, limits());
-        assert!(matches!(&e, Error::Corrupt { reason, .. } if reason.contains("reserved")));
+        assert!(
+            matches!(&e, Error::Corrupt { reason, .. } if reason.contains("reserved")),
+            "{e}"
+        );
     }
 }
 

@@ -3,9 +3,10 @@
 use std::collections::HashSet;
 use std::io::Write;
 
+use super::v2::{Compressor, Features, KeyBlock, Sealer, ENCODING_RAW, ENCODING_ZSTD, TAG_BYTES};
 use super::{
-    encode_header, u32_u64, u64_u32, Kind, RecordHeader, CHUNK_BYTES, HEADER_BYTES,
-    RECORD_CRC_BYTES, RECORD_HEADER_BYTES, STREAM_END_HELPER,
+    encode_header, u32_u64, u64_u32, Kind, RecordHeader, WriteOptions, CHUNK_BYTES,
+    END_PAYLOAD_BYTES, HEADER_BYTES, RECORD_CRC_BYTES, RECORD_HEADER_BYTES, STREAM_END_HELPER,
 };
 use crate::stream::{len_u64, u32_len, validate_id, Error};
 
@@ -23,9 +24,23 @@ use crate::stream::{len_u64, u32_len, validate_id, Error};
 /// stream is incomplete and every further call returns
 /// [`Error::Poisoned`]; errors about the caller's arguments write nothing
 /// and leave the writer usable.
+///
+/// [`Writer::with_options`] writes version 2 when compression or a key is
+/// asked for: each chunk is compressed (and stored raw when that does not
+/// make it shorter), and every record's payload is encrypted with its
+/// position.
 #[derive(Debug)]
 pub struct Writer<W: Write> {
     w: W,
+    features: Features,
+    compressor: Option<Compressor>,
+    sealer: Option<Sealer>,
+    /// The number of the next record (its nonce).
+    record_no: u64,
+    /// A compressed chunk, then its stored form; reused.
+    packed: Vec<u8>,
+    /// A payload being sealed; reused.
+    sealing: Vec<u8>,
     bytes_written: u64,
     helpers: Vec<Helper>,
     ids: HashSet<String>,
@@ -40,19 +55,58 @@ struct Helper {
     open: bool,
     bytes: u64,
     crc: u32,
+    /// Its last chunk did not shrink: sample the next one first.
+    probe: bool,
 }
 
 impl<W: Write> Writer<W> {
-    /// Starts a stream on `w` by writing the stream header.
+    /// Starts a version 1 stream on `w` by writing the stream header.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] if writing fails.
-    pub fn new(mut w: W) -> Result<Self, Error> {
-        w.write_all(&encode_header())?;
+    pub fn new(w: W) -> Result<Self, Error> {
+        Writer::with_options(w, &WriteOptions::default())
+    }
+
+    /// Starts a stream encoded as `options` asks by writing its header
+    /// (and, with a key, its key block with a fresh random salt).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if writing fails (or zstd or the random number
+    /// generator cannot start).
+    pub fn with_options(mut w: W, options: &WriteOptions) -> Result<Self, Error> {
+        let features = options.features();
+        let header = encode_header(features);
+        let mut bytes_written = len_u64(HEADER_BYTES);
+        let sealer = match &options.key {
+            Some(key) => {
+                let block = KeyBlock::new(key)?.encode();
+                w.write_all(&header)?;
+                w.write_all(&block)?;
+                bytes_written += len_u64(block.len());
+                Some(Sealer::new(key, &header, &block))
+            }
+            None => {
+                w.write_all(&header)?;
+                None
+            }
+        };
+        let compressor = if options.compress {
+            Some(Compressor::new()?)
+        } else {
+            None
+        };
         Ok(Writer {
             w,
-            bytes_written: len_u64(HEADER_BYTES),
+            features,
+            compressor,
+            sealer,
+            record_no: 0,
+            packed: Vec::new(),
+            sealing: Vec::new(),
+            bytes_written,
             helpers: Vec::new(),
             ids: HashSet::new(),
             total_bytes: 0,
@@ -88,6 +142,7 @@ impl<W: Write> Writer<W> {
             open: true,
             bytes: 0,
             crc: 0,
+            probe: true,
         });
         Ok(index)
     }
@@ -104,7 +159,7 @@ impl<W: Write> Writer<W> {
         self.check_usable()?;
         self.open_helper(helper)?;
         for chunk in data.chunks(CHUNK_BYTES) {
-            self.record(Kind::Chunk, helper, chunk)?;
+            self.chunk_record(helper, chunk)?;
             let len = len_u64(chunk.len());
             let h = self.open_helper(helper)?;
             h.bytes = h.bytes.saturating_add(len);
@@ -169,6 +224,19 @@ impl<W: Write> Writer<W> {
         self.bytes_written
     }
 
+    /// What the stream will measure once [`finish`](Self::finish)ed:
+    /// [`bytes_written`](Self::bytes_written) and the `STREAM_END` record.
+    pub fn finished_size(&self) -> u64 {
+        let tag = if self.sealer.is_some() { TAG_BYTES } else { 0 };
+        self.bytes_written
+            + len_u64(RECORD_HEADER_BYTES + END_PAYLOAD_BYTES + tag + RECORD_CRC_BYTES)
+    }
+
+    /// The features of the stream being written.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
     /// The inner writer.
     pub fn get_ref(&self) -> &W {
         &self.w
@@ -189,23 +257,82 @@ impl<W: Write> Writer<W> {
             .ok_or(Error::NotOpen { helper })
     }
 
-    /// Writes one record: header, payload, CRC of both. Payloads are at
-    /// most [`CHUNK_BYTES`] long here.
+    /// Writes one `CHUNK` record, compressed when asked for and shorter.
+    fn chunk_record(&mut self, helper: u32, chunk: &[u8]) -> Result<(), Error> {
+        let Some(compressor) = self.compressor.as_mut() else {
+            return self.record(Kind::Chunk, helper, chunk);
+        };
+        let probe = self.helpers.get(helper as usize).is_some_and(|h| h.probe);
+        let packed = compressor.compress(chunk, probe, &mut self.packed);
+        if let Some(h) = self.helpers.get_mut(helper as usize) {
+            h.probe = packed.is_none();
+        }
+        match packed {
+            Some(n) => {
+                let packed = std::mem::take(&mut self.packed);
+                let written = self.record_encoded(Kind::Chunk, ENCODING_ZSTD, helper, &packed[..n]);
+                self.packed = packed;
+                written
+            }
+            None => self.record(Kind::Chunk, helper, chunk),
+        }
+    }
+
+    /// Writes one record with its payload stored as is.
     fn record(&mut self, kind: Kind, helper: u32, payload: &[u8]) -> Result<(), Error> {
-        let len = u32_len(payload.len(), "record payload")?;
-        let header = RecordHeader::new(kind, helper, len).encode();
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&header), payload);
+        self.record_encoded(kind, ENCODING_RAW, helper, payload)
+    }
+
+    /// Writes one record: header, payload (sealed in an encrypted
+    /// stream, then followed by its tag), CRC of all of it. Payloads are
+    /// at most [`CHUNK_BYTES`] long here.
+    fn record_encoded(
+        &mut self,
+        kind: Kind,
+        encoding: u8,
+        helper: u32,
+        payload: &[u8],
+    ) -> Result<(), Error> {
+        let Some(sealer) = &self.sealer else {
+            let mut header =
+                RecordHeader::new(kind, helper, u32_len(payload.len(), "record payload")?);
+            header.encoding = encoding;
+            return self.write_record(header.encode(), payload);
+        };
+        let stored_len = u32_len(payload.len() + TAG_BYTES, "record payload")?;
+        let mut header = RecordHeader::new(kind, helper, stored_len);
+        header.encoding = encoding;
+        let header = header.encode();
+        let mut sealing = std::mem::take(&mut self.sealing);
+        sealing.clear();
+        sealing.extend_from_slice(payload);
+        let tag = sealer.seal(self.record_no, &header, &mut sealing);
+        sealing.extend_from_slice(&tag);
+        let written = self.write_record(header, &sealing);
+        self.sealing = sealing;
+        written
+    }
+
+    /// Writes an encoded record header, its stored payload and the CRC of
+    /// both, and counts the record.
+    fn write_record(
+        &mut self,
+        header: [u8; RECORD_HEADER_BYTES],
+        stored: &[u8],
+    ) -> Result<(), Error> {
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&header), stored);
         let result = self
             .w
             .write_all(&header)
-            .and_then(|()| self.w.write_all(payload))
+            .and_then(|()| self.w.write_all(stored))
             .and_then(|()| self.w.write_all(&crc.to_le_bytes()));
         if let Err(e) = result {
             self.poisoned = true;
             return Err(e.into());
         }
+        self.record_no += 1;
         self.bytes_written +=
-            len_u64(RECORD_HEADER_BYTES + RECORD_CRC_BYTES).saturating_add(u64::from(len));
+            len_u64(RECORD_HEADER_BYTES + RECORD_CRC_BYTES).saturating_add(len_u64(stored.len()));
         Ok(())
     }
 }
