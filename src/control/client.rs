@@ -63,7 +63,12 @@ impl Client {
     /// [`Error::Failed`] with the coordinator's named error; see
     /// [`Error::is_migration_failure`].
     pub async fn save(&self, out: &impl AsFd, options: &SaveOptions) -> Result<Report, Error> {
-        let body = (Fd::from(out), OptionsDict::from(options));
+        let mut dict = OptionsDict::save(options);
+        if let Some(key) = &options.key {
+            dict.key_fd =
+                Some(super::wire::key_pipe(key).map_err(|source| Error::PassKey { source })?);
+        }
+        let body = (Fd::from(out), dict);
         let reply: ReportDict = self.call("Save", &body).await?;
         report("Save", reply)
     }
@@ -75,7 +80,12 @@ impl Client {
     ///
     /// [`Error::Failed`] with the coordinator's named error.
     pub async fn load(&self, input: &impl AsFd, options: &LoadOptions) -> Result<Report, Error> {
-        let body = (Fd::from(input), OptionsDict::from(options));
+        let mut dict = OptionsDict::load(options);
+        if let Some(key) = &options.key {
+            dict.key_fd =
+                Some(super::wire::key_pipe(key).map_err(|source| Error::PassKey { source })?);
+        }
+        let body = (Fd::from(input), dict);
         let reply: ReportDict = self.call("Load", &body).await?;
         report("Load", reply)
     }

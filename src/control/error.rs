@@ -97,6 +97,14 @@ pub enum Error {
         message: String,
     },
 
+    /// The key could not be passed (its pipe could not be made).
+    #[error("cannot pass the stream key to the coordinator")]
+    PassKey {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
     /// The connection broke, or the reply was malformed.
     #[error("{method} call on the control socket failed")]
     Call {
@@ -125,7 +133,7 @@ impl Error {
             Error::Failed { kind, .. } => kind.is_migration_failure(),
             // The coordinator went away in the middle of the call.
             Error::Call { .. } => true,
-            Error::Connect { .. } | Error::Handshake { .. } => false,
+            Error::Connect { .. } | Error::Handshake { .. } | Error::PassKey { .. } => false,
         }
     }
 

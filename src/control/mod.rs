@@ -45,7 +45,7 @@ mod wire;
 use std::time::Duration;
 
 use crate::coordinator::{HelperReport, Skipped};
-use crate::stream::Format;
+use crate::stream::{Format, Key};
 
 pub use client::Client;
 pub use error::{Error, ErrorKind};
@@ -78,7 +78,7 @@ pub const ERROR_IO: &str = "org.dbusvmstate.Error.IOError";
 pub const ERROR_CANCELLED: &str = "org.dbusvmstate.Error.Cancelled";
 
 /// Options of a save.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct SaveOptions {
     /// The stream format to write.
@@ -86,6 +86,12 @@ pub struct SaveOptions {
     /// How long to wait for every required helper to connect before
     /// saving; `None` uses the coordinator's own connect timeout.
     pub connect_timeout: Option<Duration>,
+    /// Compress the stream (native format version 2).
+    pub compress: bool,
+    /// Encrypt and authenticate the stream with this key (native format
+    /// version 2). It goes to the coordinator through a pipe passed with
+    /// the call, never in a message.
+    pub key: Option<Key>,
 }
 
 impl Default for SaveOptions {
@@ -93,6 +99,8 @@ impl Default for SaveOptions {
         SaveOptions {
             format: Format::Native,
             connect_timeout: None,
+            compress: false,
+            key: None,
         }
     }
 }
@@ -111,10 +119,24 @@ impl SaveOptions {
         self.connect_timeout = Some(timeout);
         self
     }
+
+    /// Sets [`SaveOptions::compress`].
+    #[must_use]
+    pub fn compress(mut self, compress: bool) -> Self {
+        self.compress = compress;
+        self
+    }
+
+    /// Sets [`SaveOptions::key`].
+    #[must_use]
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
 }
 
 /// Options of a load.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct LoadOptions {
     /// The stream's format; `None` detects it from the first bytes.
@@ -122,6 +144,11 @@ pub struct LoadOptions {
     /// How long to wait for every required helper to connect before
     /// loading; `None` uses the coordinator's own connect timeout.
     pub connect_timeout: Option<Duration>,
+    /// The key of an encrypted stream; with it, an unencrypted stream is
+    /// refused unless [`allow_unencrypted`](Self::allow_unencrypted).
+    pub key: Option<Key>,
+    /// With a key, accept an unencrypted stream too.
+    pub allow_unencrypted: bool,
 }
 
 impl LoadOptions {
@@ -136,6 +163,20 @@ impl LoadOptions {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets [`LoadOptions::key`].
+    #[must_use]
+    pub fn key(mut self, key: Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets [`LoadOptions::allow_unencrypted`].
+    #[must_use]
+    pub fn allow_unencrypted(mut self, allow: bool) -> Self {
+        self.allow_unencrypted = allow;
         self
     }
 }

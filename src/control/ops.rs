@@ -13,6 +13,7 @@ use super::Report;
 use crate::coordinator::Coordinator;
 use crate::error::Error;
 use crate::rt;
+use crate::stream::native::{ReadOptions, WriteOptions};
 use crate::stream::{self, qemu, Format, Limits};
 
 fn failed(e: Error) -> Reply {
@@ -23,8 +24,15 @@ pub(super) async fn save(
     coordinator: Arc<Coordinator>,
     fd: OwnedFd,
     format: Format,
+    encoding: WriteOptions,
     connect_timeout: Option<Duration>,
 ) -> Result<Report, Reply> {
+    if format == Format::Qemu && encoding.features() != Default::default() {
+        return Err(Reply::invalid_args(
+            "compress and key_fd are for the native format: a QEMU payload is neither compressed nor encrypted"
+                .to_string(),
+        ));
+    }
     if let Some(timeout) = connect_timeout {
         coordinator.wait_connected(timeout).await.map_err(failed)?;
     }
@@ -33,7 +41,10 @@ pub(super) async fn save(
     CutOffOnDrop::new(cut_off, async move {
         match format {
             Format::Native => {
-                let (out, report) = coordinator.save(out).await.map_err(failed)?;
+                let (out, report) = coordinator
+                    .save_with(out, &encoding)
+                    .await
+                    .map_err(failed)?;
                 Ok(Report {
                     format,
                     stream_bytes: Some(out.bytes_written()),
@@ -83,6 +94,7 @@ pub(super) async fn load(
     coordinator: Arc<Coordinator>,
     fd: OwnedFd,
     format: Option<Format>,
+    decoding: ReadOptions,
     connect_timeout: Option<Duration>,
 ) -> Result<Report, Reply> {
     if let Some(timeout) = connect_timeout {
@@ -94,7 +106,7 @@ pub(super) async fn load(
     let input = Passed::new(fd, cut_off.clone());
     CutOffOnDrop::new(cut_off, async move {
         let report = coordinator
-            .load_seekable(input, format)
+            .load_seekable_with(input, format, &decoding)
             .await
             .map_err(failed)?;
         Ok(Report {

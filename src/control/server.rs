@@ -24,6 +24,7 @@ use crate::coordinator::{socket, Coordinator};
 use crate::error::Error;
 use crate::iface;
 use crate::rt;
+use crate::stream::native::{ReadOptions, WriteOptions};
 use crate::stream::Format;
 use crate::sys;
 
@@ -328,7 +329,12 @@ fn stopped() -> Reply {
 impl Control {
     /// Saves every helper and writes the state stream into `fd`.
     #[zbus(out_args("report"))]
-    async fn save(&self, fd: zbus::OwnedFd, options: OptionsDict) -> Result<ReportDict, Reply> {
+    async fn save(&self, fd: zbus::OwnedFd, mut options: OptionsDict) -> Result<ReportDict, Reply> {
+        let key = options.take_key().map_err(Reply::invalid_args)?;
+        let encoding = WriteOptions {
+            compress: options.compress.unwrap_or(false),
+            key,
+        };
         let format = options
             .parse_format()
             .map_err(Reply::invalid_args)?
@@ -339,7 +345,7 @@ impl Control {
         check_access(&fd, Direction::Write).map_err(Reply::invalid_args)?;
         let fd = std::os::fd::OwnedFd::from(fd);
         let report = run(&self.shared()?, "save", move |c| {
-            ops::save(c, fd, format, connect_timeout)
+            ops::save(c, fd, format, encoding, connect_timeout)
         })
         .await?;
         Ok(ReportDict::from(&report))
@@ -347,7 +353,11 @@ impl Control {
 
     /// Reads a whole state stream from `fd`, verifies it and loads it.
     #[zbus(out_args("report"))]
-    async fn load(&self, fd: zbus::OwnedFd, options: OptionsDict) -> Result<ReportDict, Reply> {
+    async fn load(&self, fd: zbus::OwnedFd, mut options: OptionsDict) -> Result<ReportDict, Reply> {
+        let decoding = ReadOptions {
+            key: options.take_key().map_err(Reply::invalid_args)?,
+            allow_unencrypted: options.allow_unencrypted.unwrap_or(false),
+        };
         let format = options.parse_format().map_err(Reply::invalid_args)?;
         let connect_timeout = options
             .parse_connect_timeout()
@@ -355,7 +365,7 @@ impl Control {
         check_access(&fd, Direction::Read).map_err(Reply::invalid_args)?;
         let fd = std::os::fd::OwnedFd::from(fd);
         let report = run(&self.shared()?, "load", move |c| {
-            ops::load(c, fd, format, connect_timeout)
+            ops::load(c, fd, format, decoding, connect_timeout)
         })
         .await?;
         Ok(ReportDict::from(&report))

@@ -16,34 +16,83 @@ use super::{LoadOptions, Report, SaveOptions};
 use crate::coordinator::{
     HelperReport, HelperStatus, Mode, QemuRound, QemuStatus, Skipped, Transfer,
 };
-use crate::stream::Format;
+use crate::stream::{Format, Key, KeyError};
 
 /// `Save` and `Load` options.
-#[derive(Debug, Default, Clone, PartialEq, Eq, DeserializeDict, SerializeDict, Type)]
+#[derive(Debug, Default, DeserializeDict, SerializeDict, Type)]
 #[zbus(signature = "a{sv}", deny_unknown_fields)]
 pub(super) struct OptionsDict {
     /// `"native"` or `"qemu"`.
     pub format: Option<String>,
     /// Milliseconds to wait for required helpers to connect.
     pub connect_timeout_ms: Option<u64>,
+    /// Save: compress the stream (native format version 2).
+    pub compress: Option<bool>,
+    /// A descriptor to read the stream key from (a key file's contents,
+    /// up to its end): save encrypts with it, load decrypts with it.
+    pub key_fd: Option<zbus::OwnedFd>,
+    /// Load with a key: accept an unencrypted stream too.
+    pub allow_unencrypted: Option<bool>,
 }
 
-impl From<&SaveOptions> for OptionsDict {
-    fn from(o: &SaveOptions) -> Self {
+impl OptionsDict {
+    /// The options of a save, without the key (see [`key_pipe`]).
+    pub fn save(o: &SaveOptions) -> Self {
         OptionsDict {
             format: Some(o.format.as_str().to_string()),
             connect_timeout_ms: o.connect_timeout.map(millis),
+            compress: o.compress.then_some(true),
+            ..OptionsDict::default()
         }
     }
-}
 
-impl From<&LoadOptions> for OptionsDict {
-    fn from(o: &LoadOptions) -> Self {
+    /// The options of a load, without the key (see [`key_pipe`]).
+    pub fn load(o: &LoadOptions) -> Self {
         OptionsDict {
             format: o.format.map(|f| f.as_str().to_string()),
             connect_timeout_ms: o.connect_timeout.map(millis),
+            allow_unencrypted: o.allow_unencrypted.then_some(true),
+            ..OptionsDict::default()
         }
     }
+
+    /// The key passed in `key_fd`, read without blocking: the caller
+    /// writes it whole and closes its end before the call.
+    ///
+    /// # Errors
+    ///
+    /// A message saying what is wrong with the descriptor or its key.
+    pub fn take_key(&mut self) -> Result<Option<Key>, String> {
+        let Some(fd) = self.key_fd.take() else {
+            return Ok(None);
+        };
+        let fd = std::os::fd::OwnedFd::from(fd);
+        let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| format!("key_fd: {e}"))?;
+        rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)
+            .map_err(|e| format!("key_fd: {e}"))?;
+        Key::from_open_file(std::fs::File::from(fd), "key_fd")
+            .map(Some)
+            .map_err(|e| match e {
+                KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::WouldBlock => {
+                    "key_fd: the key was not written whole and its end closed before the call"
+                        .to_string()
+                }
+                e => e.to_string(),
+            })
+    }
+}
+
+/// A pipe holding `key` (its 32 bytes), written and closed: the read end
+/// goes as `key_fd`.
+///
+/// # Errors
+///
+/// When the pipe cannot be made or written.
+pub(super) fn key_pipe(key: &Key) -> std::io::Result<zbus::OwnedFd> {
+    use std::io::Write;
+    let (read, write) = rustix::pipe::pipe()?;
+    std::fs::File::from(write).write_all(key.secret())?;
+    Ok(zbus::OwnedFd::from(read))
 }
 
 impl OptionsDict {
@@ -380,14 +429,38 @@ mod tests {
 
     #[test]
     fn options_parse() {
-        let o = OptionsDict::from(&SaveOptions::default().format(Format::Qemu));
+        let o = OptionsDict::save(&SaveOptions::default().format(Format::Qemu));
         assert_eq!(o.parse_format(), Ok(Some(Format::Qemu)));
         assert_eq!(o.parse_connect_timeout(), Ok(None));
+        assert_eq!(o.compress, None);
         let bad = OptionsDict {
             format: Some("tar".into()),
             connect_timeout_ms: Some(0),
+            ..OptionsDict::default()
         };
         assert!(bad.parse_format().unwrap_err().contains("tar"));
         assert!(bad.parse_connect_timeout().is_err());
+    }
+
+    #[test]
+    fn a_key_travels_in_a_closed_pipe() {
+        let key = Key::from_bytes([9; 32]);
+        let mut o = OptionsDict::load(&LoadOptions::default().allow_unencrypted(true));
+        assert_eq!(o.allow_unencrypted, Some(true));
+        assert!(o.take_key().unwrap().is_none());
+        o.key_fd = Some(key_pipe(&key).unwrap());
+        assert_eq!(o.take_key().unwrap().unwrap().id(), key.id());
+        assert!(o.key_fd.is_none());
+        // A descriptor whose writer never closes gives an error, at once.
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        o.key_fd = Some(zbus::OwnedFd::from(read));
+        let e = o.take_key().unwrap_err();
+        assert!(e.contains("not written whole"), "{e}");
+        // Nor does a wrong key reach the coordinator as one.
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        std::io::Write::write_all(&mut std::fs::File::from(write), b"short").unwrap();
+        o.key_fd = Some(zbus::OwnedFd::from(read));
+        let e = o.take_key().unwrap_err();
+        assert!(e.contains("5 bytes that are not a key"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! The running coordinator: binding its sockets, its status, the entry
 //! points of save and load, and shutdown.
 
+use crate::stream::native::{ReadOptions, WriteOptions};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -197,8 +198,26 @@ impl Coordinator {
     where
         W: std::io::Write + Send + 'static,
     {
+        self.save_with(out, &WriteOptions::default()).await
+    }
+
+    /// Saves as [`Coordinator::save`] does, into a stream encoded as
+    /// `options` asks: compressed, encrypted or both (native format
+    /// version 2), or version 1 with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::save`].
+    pub async fn save_with<W>(
+        &self,
+        out: W,
+        options: &WriteOptions,
+    ) -> Result<(W, SaveReport), Error>
+    where
+        W: std::io::Write + Send + 'static,
+    {
         let _running = self.exclusive("a save").await?;
-        save::save(&self.inner, out).await
+        save::save(&self.inner, out, options).await
     }
 
     /// Saves into the file at `path`, atomically: the stream goes to a
@@ -210,8 +229,22 @@ impl Coordinator {
     ///
     /// As [`Coordinator::save`], plus [`Error::Io`] for the file.
     pub async fn save_to_path(&self, path: impl AsRef<Path>) -> Result<SaveReport, Error> {
+        self.save_to_path_with(path, &WriteOptions::default()).await
+    }
+
+    /// [`Coordinator::save_to_path`] with the encoding of `options` (see
+    /// [`Coordinator::save_with`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::save_to_path`].
+    pub async fn save_to_path_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: &WriteOptions,
+    ) -> Result<SaveReport, Error> {
         let _running = self.exclusive("a save").await?;
-        save::save_to_path(&self.inner, path.as_ref()).await
+        save::save_to_path(&self.inner, path.as_ref(), options).await
     }
 
     /// Loads a state stream from `input` into the helpers.
@@ -249,8 +282,33 @@ impl Coordinator {
     where
         R: std::io::Read + Send + 'static,
     {
+        self.load_with(input, format, &ReadOptions::default()).await
+    }
+
+    /// Loads as [`Coordinator::load`] does, with the key of `options` for
+    /// an encrypted stream. A version 2 stream (compressed, encrypted) is
+    /// decoded as it is read, each record authenticated before any of it
+    /// goes on; with a key, an unencrypted stream is refused unless
+    /// `options` allows it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::load`]; [`Error::Stream`] with
+    /// [`stream::Error::KeyRequired`], [`stream::Error::WrongKey`],
+    /// [`stream::Error::NotEncrypted`] before any call, and with
+    /// [`stream::Error::Authentication`] for an altered stream, which
+    /// completes no load.
+    pub async fn load_with<R>(
+        &self,
+        input: R,
+        format: Option<stream::Format>,
+        options: &ReadOptions,
+    ) -> Result<LoadReport, Error>
+    where
+        R: std::io::Read + Send + 'static,
+    {
         let _running = self.exclusive("a load").await?;
-        load::load(&self.inner, input, format).await
+        load::load(&self.inner, input, format, options).await
     }
 
     /// Loads a state stream from a seekable `input` (see
@@ -277,8 +335,29 @@ impl Coordinator {
     where
         R: std::io::Read + std::io::Seek + Send + 'static,
     {
+        self.load_seekable_with(input, format, &ReadOptions::default())
+            .await
+    }
+
+    /// [`Coordinator::load_seekable`] with the key of `options` (see
+    /// [`Coordinator::load_with`]). A version 2 stream, and any stream
+    /// when a key is given, is read once as [`Coordinator::load_with`]
+    /// reads it rather than indexed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::load_seekable`] and [`Coordinator::load_with`].
+    pub async fn load_seekable_with<R>(
+        &self,
+        input: R,
+        format: Option<stream::Format>,
+        options: &ReadOptions,
+    ) -> Result<LoadReport, Error>
+    where
+        R: std::io::Read + std::io::Seek + Send + 'static,
+    {
         let _running = self.exclusive("a load").await?;
-        load::load_seekable(&self.inner, input, format).await
+        load::load_seekable(&self.inner, input, format, options).await
     }
 
     /// Loads the state stream in the file at `path` (see
@@ -294,6 +373,22 @@ impl Coordinator {
         path: impl AsRef<Path>,
         format: Option<stream::Format>,
     ) -> Result<LoadReport, Error> {
+        self.load_from_path_with(path, format, &ReadOptions::default())
+            .await
+    }
+
+    /// [`Coordinator::load_from_path`] with the key of `options` (see
+    /// [`Coordinator::load_with`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Coordinator::load_from_path`] and [`Coordinator::load_with`].
+    pub async fn load_from_path_with(
+        &self,
+        path: impl AsRef<Path>,
+        format: Option<stream::Format>,
+        options: &ReadOptions,
+    ) -> Result<LoadReport, Error> {
         let path = path.as_ref();
         let file = std::fs::File::open(path).map_err(|e| Error::Io {
             what: "cannot open state stream",
@@ -302,7 +397,7 @@ impl Coordinator {
         })?;
         // Unbuffered: the index seeks over every chunk, and the verifying
         // pass reads each payload straight into the stream reader's buffer.
-        self.load_seekable(file, format).await
+        self.load_seekable_with(file, format, options).await
     }
 
     /// Waits for the right to run a save or load: one runs at a time,

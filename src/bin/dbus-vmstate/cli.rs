@@ -59,6 +59,9 @@ pub enum Command {
     /// take it out of or put it into a QEMU migration file.
     #[command(after_help = CONVERT_HELP)]
     Convert(ConvertArgs),
+    /// Write a fresh stream key into a new file (mode 0600).
+    #[command(after_help = KEYGEN_HELP)]
+    Keygen(KeygenArgs),
     /// Serve a file's bytes, or a command's output, as a helper's state.
     #[command(after_help = HELPER_HELP)]
     Helper(HelperArgs),
@@ -231,6 +234,14 @@ pub struct SaveArgs {
     /// The stream format to write [default: native].
     #[arg(long, value_enum, default_value_t = FormatArg::Native, hide_default_value = true)]
     pub format: FormatArg,
+    /// Compress each chunk with zstd when that makes it shorter (native
+    /// format version 2).
+    #[arg(long)]
+    pub compress: bool,
+    /// Encrypt and authenticate the stream with this key file (see
+    /// `keygen`; /dev/fd/N for a key passed on a descriptor).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// How long to wait for every required helper to connect, in seconds
     /// [default: the serve's --connect-timeout].
     #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
@@ -253,6 +264,8 @@ pub struct LoadArgs {
     /// The stream's format [default: detected from its first bytes].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
+    #[command(flatten)]
+    pub key: ReadKeyArgs,
     /// How long to wait for every required helper to connect, in seconds
     /// [default: the serve's --connect-timeout].
     #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
@@ -273,12 +286,43 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `keygen` arguments.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The key file to create; an existing file is never overwritten.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+const KEYGEN_HELP: &str = "\
+The key is 64 hexadecimal digits and a newline; `save --key-file` encrypts
+and authenticates a stream with it, `load`, `inspect` and `convert` read
+such a stream with it. Only the key's id is ever printed.
+
+Example:
+  dbus-vmstate keygen /etc/vmstate/migration.key";
+
+/// Reading an encrypted stream.
+#[derive(Debug, Args)]
+pub struct ReadKeyArgs {
+    /// The key file of an encrypted stream (64 hex digits or 32 bytes,
+    /// private to its owner; /dev/fd/N for a key passed on a descriptor).
+    /// With a key, an unencrypted stream is refused.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// With --key-file, accept an unencrypted stream too.
+    #[arg(long, requires = "key_file")]
+    pub allow_unencrypted: bool,
+}
+
 /// `inspect` arguments.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The stream file, or - for stdin.
     #[arg(value_name = "FILE|-")]
     pub file: PathBuf,
+    #[command(flatten)]
+    pub key: ReadKeyArgs,
     /// The stream's format [default: detected from its first bytes].
     #[arg(long, value_enum)]
     pub format: Option<FormatArg>,
@@ -300,6 +344,15 @@ pub struct ConvertArgs {
     /// dbus-vmstate section the output replaces (or - for stdin).
     #[arg(long, value_name = "FILE", required_if_eq("to", "qemu-migration"))]
     pub base: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: ReadKeyArgs,
+    /// With --to native: compress the output (format version 2).
+    #[arg(long)]
+    pub compress: bool,
+    /// With --to native: encrypt the output with this key file (format
+    /// version 2).
+    #[arg(long, value_name = "FILE")]
+    pub output_key_file: Option<PathBuf>,
     /// The input stream file, or - for stdin.
     #[arg(value_name = "IN")]
     pub input: PathBuf,

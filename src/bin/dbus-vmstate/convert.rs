@@ -10,6 +10,7 @@ use dbus_vmstate::stream::{self, native, qemu, Format, Limits, Record};
 use crate::cli::{ConvertArgs, ConvertFormat};
 use crate::detect;
 use crate::exit::{self, Rejected, Usage};
+use crate::keys;
 use crate::output::{self, Stdout};
 use crate::stdio::{self, Input, Output};
 
@@ -22,10 +23,17 @@ pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<u8> {
     if args.base.as_deref().is_some_and(stdio::is_dash) && stdio::is_dash(&args.input) {
         return Err(Usage("IN and --base cannot both be stdin".into()).into());
     }
+    if (args.compress || args.output_key_file.is_some()) && to != ConvertFormat::Native {
+        return Err(
+            Usage("--compress and --output-key-file are only for --to native".into()).into(),
+        );
+    }
+    let read_options = keys::read_options(&args.key)?;
+    let write_options = keys::write_options(args.compress, args.output_key_file.as_deref())?;
     stdio::check_output(&args.output, None)?;
     let input = Input::open(&args.input, None)?;
     let name = input.name();
-    let (from, records) = read(input, args.from, &name)?;
+    let (from, records) = read(input, args.from, &name, &read_options)?;
     if to != ConvertFormat::Native {
         qemu::check_for_qemu(&records).map_err(|e| {
             anyhow::Error::new(e).context(Rejected(format!(
@@ -43,7 +51,7 @@ pub fn run(args: ConvertArgs, quiet: bool) -> anyhow::Result<u8> {
         None => "stdout".to_string(),
     };
     let to_stdout = out.path().is_none();
-    write(out, to, &records, base.as_ref())?;
+    write(out, to, &records, base.as_ref(), &write_options)?;
     if !quiet {
         let base = base.map(|b| format!(" (the rest from {})", b.name));
         let line = format!(
@@ -78,6 +86,7 @@ fn read(
     input: Input,
     given: Option<ConvertFormat>,
     name: &str,
+    options: &native::ReadOptions,
 ) -> anyhow::Result<(ConvertFormat, Vec<Record>)> {
     let mut reader = input.into_reader();
     let mut prefix = Vec::with_capacity(native::MAGIC.len());
@@ -105,7 +114,7 @@ fn read(
     };
     let (from, input) = detect::format(Box::new(reader), given, name)?;
     let records = match from {
-        Format::Native => native::read_all(input, Limits::default()),
+        Format::Native => native::read_all_with(input, Limits::default(), options),
         Format::Qemu => qemu::read(input, Limits::default()).map(|d| d.records),
     }
     .map_err(|e| detect::read_error(name, e))?;
@@ -156,6 +165,7 @@ fn write(
     to: ConvertFormat,
     records: &[Record],
     base: Option<&Base>,
+    options: &native::WriteOptions,
 ) -> anyhow::Result<()> {
     let cannot = match out.path() {
         Some(path) => format!("cannot write {}", path.display()),
@@ -164,9 +174,7 @@ fn write(
     {
         let mut buffered = BufWriter::new(&mut out);
         let written = match (to, base) {
-            (ConvertFormat::Native, _) => {
-                stream::write_records(&mut buffered, Format::Native, records)
-            }
+            (ConvertFormat::Native, _) => native::write_with(&mut buffered, records, options),
             (ConvertFormat::Qemu, _) => stream::write_records(&mut buffered, Format::Qemu, records),
             (ConvertFormat::QemuMigration, Some(base)) => qemu::encode(records)
                 .and_then(|p| migration::splice(&mut buffered, &base.bytes, &base.section, &p)),

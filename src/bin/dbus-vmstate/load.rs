@@ -22,6 +22,10 @@ pub fn run(args: LoadArgs, quiet: bool) -> anyhow::Result<u8> {
     if let Some(t) = args.timeout {
         options = options.connect_timeout(t);
     }
+    let keys = crate::keys::read_options(&args.key)?;
+    if let Some(key) = keys.key {
+        options = options.key(key).allow_unencrypted(keys.allow_unencrypted);
+    }
     let source = Input::open(&args.input, Some("--input FILE"))?;
     let show = progress::wanted(quiet);
     let report = futures::executor::block_on(async {

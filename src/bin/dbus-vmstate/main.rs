@@ -21,6 +21,7 @@ mod exit;
 mod helper;
 mod inspect;
 mod interrupt;
+mod keys;
 mod load;
 mod output;
 mod progress;
@@ -78,6 +79,7 @@ fn run(command: Command, quiet: bool) -> anyhow::Result<u8> {
         Command::Status(args) => status::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Convert(args) => convert::run(args, quiet),
+        Command::Keygen(args) => keys::keygen(args),
         Command::Helper(args) => helper::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Completions(args) => docs::completions(args),

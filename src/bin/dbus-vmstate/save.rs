@@ -25,9 +25,14 @@ enum Outcome {
 
 /// `dbus-vmstate save`.
 pub fn run(args: SaveArgs, quiet: bool) -> anyhow::Result<u8> {
-    let mut options = SaveOptions::default().format(args.format.into());
+    let mut options = SaveOptions::default()
+        .format(args.format.into())
+        .compress(args.compress);
     if let Some(t) = args.timeout {
         options = options.connect_timeout(t);
+    }
+    if let Some(path) = &args.key_file {
+        options = options.key(dbus_vmstate::stream::Key::from_file(path)?);
     }
     let dest = Output::create(&args.output, Some("--output FILE"))?;
     let show = progress::wanted(quiet);

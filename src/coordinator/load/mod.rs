@@ -13,6 +13,7 @@
 //! helpers, within the memory budget: [`plain`]), and lets them complete
 //! at `STREAM_END`.
 
+mod decoded;
 mod dispatch;
 mod feed;
 mod index;
@@ -36,6 +37,7 @@ use super::{policy, Inner, LoadReport, Peer, Transfer};
 use crate::error::{Call, Error};
 use crate::iface;
 use crate::rt;
+use crate::stream::native::ReadOptions;
 use crate::stream::{native, Format, Limits, Record};
 use dispatch::{Pass, Route, Routes, FEED_QUEUE_CHUNKS};
 use index::Known;
@@ -53,13 +55,21 @@ pub(super) async fn load<R>(
     inner: &Inner,
     input: R,
     format: Option<Format>,
+    options: &ReadOptions,
 ) -> Result<LoadReport, Error>
 where
     R: Read + Send + 'static,
 {
     let limits = limits(inner);
     let started = Instant::now();
-    let input = match rt::spawn_blocking(move || verify::open(input, format, limits)).await? {
+    let options = options.clone();
+    let opened = rt::spawn_blocking(move || match verify::open(input, format, limits)? {
+        verify::Opened::Native(input) => {
+            decoded::native_input(input, limits, &options).map(verify::Opened::Native)
+        }
+        qemu => decoded::refuse_unencrypted(&options).map(|()| qemu),
+    });
+    let input = match opened.await? {
         verify::Opened::Qemu(verified) => return run(inner, verified, started.elapsed()).await,
         verify::Opened::Native(input) => input,
     };
@@ -73,17 +83,31 @@ where
 
 pub(super) async fn load_seekable<R>(
     inner: &Inner,
-    input: R,
+    mut input: R,
     format: Option<Format>,
+    options: &ReadOptions,
 ) -> Result<LoadReport, Error>
 where
     R: Read + Seek + Send + 'static,
 {
+    // A version 2 stream is decoded as it is read, and so read once; a
+    // key asks for version 2 unless unencrypted streams are allowed.
+    let strict = options.key.is_some() && !options.allow_unencrypted;
+    let v2 = format != Some(Format::Qemu)
+        && matches!(
+            decoded::seekable_needs(&mut input),
+            Ok(decoded::Needs::Decoding)
+        );
+    if strict || v2 {
+        return Box::pin(load(inner, input, format, options)).await;
+    }
     let (limits, known) = (limits(inner), known(inner));
     let started = Instant::now();
     match rt::spawn_blocking(move || index::seekable(input, format, limits, &known)).await? {
         index::Indexed::Verified(verified) => run(inner, verified, started.elapsed()).await,
-        index::Indexed::NotSeekable(input) => Box::pin(load(inner, input, format)).await,
+        index::Indexed::NotSeekable(input) => {
+            Box::pin(load(inner, input, format, &ReadOptions::default())).await
+        }
     }
 }
 

@@ -59,10 +59,13 @@ impl Verified {
 
 pub(crate) fn read_error(e: stream::Error) -> Error {
     match e {
-        stream::Error::Io(source) => Error::Io {
-            what: "cannot read the state stream",
-            path: None,
-            source,
+        stream::Error::Io(source) => match super::decoded::carried(source) {
+            Ok(carried) => Error::Stream(carried),
+            Err(source) => Error::Io {
+                what: "cannot read the state stream",
+                path: None,
+                source,
+            },
         },
         other => Error::Stream(other),
     }

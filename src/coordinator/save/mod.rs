@@ -11,6 +11,7 @@
 mod streamed;
 mod writer;
 
+use crate::stream::native::WriteOptions;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -35,7 +36,11 @@ use writer::{Msg, WRITE_STREAM};
 /// helpers may run ahead of the output, in [`native::CHUNK_BYTES`] units.
 const SPARE_CHUNKS: usize = 4;
 
-pub(super) async fn save<W>(inner: &Inner, out: W) -> Result<(W, SaveReport), Error>
+pub(super) async fn save<W>(
+    inner: &Inner,
+    out: W,
+    options: &WriteOptions,
+) -> Result<(W, SaveReport), Error>
 where
     W: Write + Send + 'static,
 {
@@ -52,7 +57,7 @@ where
     let pool = Arc::new(Pool::new(streaming + SPARE_CHUNKS, native::CHUNK_BYTES));
     // Raised by the writer thread when it fails: nothing more can be saved.
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, writer) = writer::spawn(out, pool.clone(), stop.clone())?;
+    let (tx, writer) = writer::spawn(out, options.clone(), pool.clone(), stop.clone())?;
     let outcomes = save_all(inner, &participants, skipped, &tx, &pool, &stop).await;
     // Only now is the writer asked to finish, once every helper succeeded;
     // if this future is dropped instead, the writer leaves the stream
@@ -207,7 +212,11 @@ async fn save_plain(
     })
 }
 
-pub(super) async fn save_to_path(inner: &Inner, path: &Path) -> Result<SaveReport, Error> {
+pub(super) async fn save_to_path(
+    inner: &Inner,
+    path: &Path,
+    options: &WriteOptions,
+) -> Result<SaveReport, Error> {
     let output_error = |what: &'static str| {
         let path = path.to_path_buf();
         move |source| Error::Io {
@@ -223,7 +232,7 @@ pub(super) async fn save_to_path(inner: &Inner, path: &Path) -> Result<SaveRepor
         .try_clone()
         .map_err(output_error("cannot create a temporary file beside"))?;
     // `temp` drops on every early return and removes the temporary file.
-    let (file, report) = match save(inner, file).await {
+    let (file, report) = match save(inner, file, options).await {
         Ok(done) => done,
         // Only the stream's own writes are about the output file; a spool
         // or thread failure keeps its own wording.

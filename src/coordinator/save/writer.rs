@@ -13,6 +13,7 @@
 //! buffers, so no producer waits forever for a buffer, and reports the
 //! first error at the end.
 
+use crate::stream::native::WriteOptions;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -80,10 +81,6 @@ struct Thread<W: Write> {
     copy_buf: Vec<u8>,
 }
 
-/// Size of the end record that [`Msg::Finish`] writes.
-const STREAM_END_BYTES: u64 =
-    (native::RECORD_HEADER_BYTES + native::END_PAYLOAD_BYTES + native::RECORD_CRC_BYTES) as u64;
-
 /// The writer thread, which returns what [`run`] does.
 pub(super) type Handle<W> = std::thread::JoinHandle<Result<Option<(W, u64)>, Error>>;
 
@@ -94,13 +91,14 @@ pub(super) type Handle<W> = std::thread::JoinHandle<Result<Option<(W, u64)>, Err
 /// [`Error::Io`] when the thread cannot be started.
 pub(super) fn spawn<W: Write + Send + 'static>(
     out: W,
+    options: WriteOptions,
     pool: Arc<Pool>,
     stop: Arc<AtomicBool>,
 ) -> Result<(Sender<Msg>, Handle<W>), Error> {
     let (tx, rx) = mpsc::channel::<Msg>();
     let handle = std::thread::Builder::new()
         .name("vmstate-writer".into())
-        .spawn(move || run(out, rx, pool, &stop))
+        .spawn(move || run(out, &options, rx, pool, &stop))
         .map_err(|e| Error::Io {
             what: "cannot start the stream writer thread",
             path: None,
@@ -127,11 +125,13 @@ pub(super) async fn join<W: Send + 'static>(handle: Handle<W>) -> Result<Option<
 /// when the senders went away without asking to finish.
 pub(super) fn run<W: Write>(
     out: W,
+    options: &WriteOptions,
     rx: Receiver<Msg>,
     pool: Arc<Pool>,
     stop: &AtomicBool,
 ) -> Result<Option<(W, u64)>, Error> {
-    let mut thread = match native::Writer::new(BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, out)) {
+    let output = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, out);
+    let mut thread = match native::Writer::with_options(output, options) {
         Ok(writer) => Thread {
             writer,
             open: HashMap::new(),
@@ -160,7 +160,7 @@ pub(super) fn run<W: Write>(
         // What was written stays as it is, without an end record.
         return Ok(None);
     }
-    let bytes = thread.writer.bytes_written() + STREAM_END_BYTES;
+    let bytes = thread.writer.finished_size();
     let buffered = thread.writer.finish().map_err(write_error)?;
     let out = buffered.into_inner().map_err(|e| Error::Io {
         what: WRITE_STREAM,

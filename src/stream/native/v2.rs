@@ -1,6 +1,6 @@
 //! What version 2 adds to the native format: per-chunk zstd compression
 //! and AES-256-GCM encryption of every record with its position, keyed
-//! per stream (`protocol/stream-format.md`, sections 6 and 7).
+//! per stream (`protocol/stream-format.md`, section 6).
 
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::hkdf;
@@ -354,6 +354,15 @@ pub fn decompress(
     }
     if len > max {
         return Err(DecodeError::TooLarge(len as u64));
+    }
+    // Exactly one frame, and nothing after it.
+    match zstd::zstd_safe::find_frame_compressed_size(frame) {
+        Ok(n) if n == frame.len() => {}
+        _ => {
+            return Err(DecodeError::Corrupt(
+                "compressed CHUNK is not exactly one zstd frame".into(),
+            ))
+        }
     }
     if out.len() < len {
         out.resize(len, 0);

@@ -242,6 +242,13 @@ impl<W: Write> Writer<W> {
         &self.w
     }
 
+    /// The inner writer, mutably: writing into it directly corrupts the
+    /// stream, but a consumer may take out what was written (a `Vec`
+    /// drained as the stream goes on).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.w
+    }
+
     fn check_usable(&self) -> Result<(), Error> {
         if self.poisoned {
             Err(Error::Poisoned)
