@@ -125,27 +125,48 @@ fn native_stream(
         output::print_json(out, &doc)?;
         return Ok(());
     }
+    let v2 = summary.version > 1;
+    let ratio = if v2 {
+        format!(" (state/stored {})", ratio(summary.total_bytes, stored))
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{name}: native stream, {}, {}, {} of state, {} stream (state/stored {}); {verified}",
+        "{name}: native stream, {}, {}, {} of state, {} stream{ratio}; {verified}",
         encoding(summary.version, summary.compressed, summary.key_id),
         output::count(summary.helpers.len() as u64, "helper", "helpers"),
         output::bytes(summary.total_bytes),
         output::bytes(summary.stream_bytes),
-        ratio(summary.total_bytes, stored),
     )?;
     let width = id_width(summary.helpers.iter().map(|h| h.id.as_str()));
-    writeln!(
-        out,
-        "  {:<width$}  {:>12}  {:>12}  {:>7}  crc32c",
-        "helper", "bytes", "stored", "chunks"
-    )?;
-    for h in &summary.helpers {
+    if v2 {
         writeln!(
             out,
-            "  {:<width$}  {:>12}  {:>12}  {:>7}  {:08x}",
-            h.id, h.bytes, h.stored_bytes, h.chunks, h.crc32c
+            "  {:<width$}  {:>12}  {:>12}  {:>7}  crc32c",
+            "helper", "bytes", "stored", "chunks"
         )?;
+    } else {
+        writeln!(
+            out,
+            "  {:<width$}  {:>12}  {:>7}  crc32c",
+            "helper", "bytes", "chunks"
+        )?;
+    }
+    for h in &summary.helpers {
+        if v2 {
+            writeln!(
+                out,
+                "  {:<width$}  {:>12}  {:>12}  {:>7}  {:08x}",
+                h.id, h.bytes, h.stored_bytes, h.chunks, h.crc32c
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  {:<width$}  {:>12}  {:>7}  {:08x}",
+                h.id, h.bytes, h.chunks, h.crc32c
+            )?;
+        }
     }
     Ok(())
 }
