@@ -8,6 +8,7 @@ mod util;
 mod cli;
 mod cli_extras;
 mod cli_faults;
+mod keys;
 mod offline;
 mod serve;
 mod serve_lifecycle;

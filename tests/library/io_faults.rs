@@ -158,14 +158,14 @@ fn stream_of_a_newer_format_version_calls_no_load() {
         let dir = tmpdir();
         let (c, a, b) = pair(dir.path()).await;
         let (mut bytes, _) = c.save(Vec::new()).await.unwrap();
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
         let crc = crc32c::crc32c(&bytes[..16]);
         bytes[16..20].copy_from_slice(&crc.to_le_bytes());
         let err = c.load(std::io::Cursor::new(bytes), None).await.unwrap_err();
         assert!(
             matches!(
                 &err,
-                Error::Stream(stream::Error::UnsupportedVersion { found: 2, .. })
+                Error::Stream(stream::Error::UnsupportedVersion { found: 3, .. })
             ),
             "{err}"
         );
