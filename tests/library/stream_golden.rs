@@ -3,7 +3,8 @@
 //!
 //! Regenerate the native golden file (only when the format version
 //! changes, as a new file) with
-//! `cargo test --test library -- --ignored stream_golden::regenerate_golden`.
+//! `cargo test --test library -- --ignored stream_golden::regenerate_golden`
+//! (version 2: `stream_golden::regenerate_golden_v2`).
 
 use std::path::PathBuf;
 
@@ -243,4 +244,81 @@ fn spec_hexdump_matches_golden_file() {
         }
     }
     assert_eq!(dumped, read_data(NATIVE_V1));
+}
+
+/// `tests/interop/v2_decoder.py`, a decoder written from the format
+/// description alone, reads the version 2 golden files to the same
+/// helpers, and rejects a changed one.
+#[test]
+fn independent_python_decoder_reads_the_v2_golden_files() {
+    let python = "/usr/bin/python3";
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import cryptography.hazmat.primitives.ciphers.aead"])
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        println!("skipped: {python} with the cryptography module is missing");
+        return;
+    }
+    if !std::process::Command::new("zstd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("skipped: the zstd command is missing");
+        return;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/v2_decoder.py");
+    let run = |stream: &std::path::Path| {
+        std::process::Command::new(python)
+            .arg(&script)
+            .arg(stream)
+            .arg(data_path(NATIVE_V2_KEY))
+            .output()
+            .unwrap()
+    };
+    let expected: String = golden_v2_records()
+        .iter()
+        .map(|r| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, &r.data);
+            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}\t{}\t{hex}\n", r.id, r.data.len())
+        })
+        .collect();
+    for name in [NATIVE_V2_COMPRESSED, NATIVE_V2_ENCRYPTED, NATIVE_V2_BOTH] {
+        let out = run(&data_path(name));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected, "{name}");
+    }
+
+    // The decoder is not a pass-through: a changed ciphertext byte (its
+    // record CRC fixed) fails its authentication too.
+    let mut bytes = read_data(NATIVE_V2_BOTH);
+    let first = native::HEADER_BYTES + native::KEY_BLOCK_BYTES;
+    let len = u32::from_le_bytes(bytes[first + 8..first + 12].try_into().unwrap()) as usize;
+    bytes[first + 12] ^= 1;
+    let crc = crc32c::crc32c(&bytes[first..first + 12 + len]);
+    bytes[first + 12 + len..first + 16 + len].copy_from_slice(&crc.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.vmstate");
+    std::fs::write(&changed, &bytes).unwrap();
+    assert!(matches!(
+        native::read_all_with(
+            &bytes[..],
+            Limits::default(),
+            &ReadOptions::with_key(golden_key())
+        ),
+        Err(stream::Error::Authentication { .. })
+    ));
+    let out = run(&changed);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidTag"));
 }
