@@ -689,3 +689,96 @@ fn check_version_rule() {
         Err(Error::UnsupportedVersion { found: 3, .. })
     ));
 }
+
+#[test]
+fn a_compressed_chunk_holds_exactly_one_frame() {
+    let data = text(20_000);
+    let framed = compressed_one_chunk(&data);
+    let frame = framed.records[1].1[4..].to_vec();
+    let read = |f: &Framed| {
+        native::read_all_with(
+            &f.assemble()[..],
+            Limits::default(),
+            &ReadOptions::default(),
+        )
+    };
+    // Two frames, the prefix counting both.
+    let mut bad = framed.clone();
+    bad.set_payload(
+        1,
+        zstd_payload(
+            2 * data.len() as u32,
+            &[frame.clone(), frame.clone()].concat(),
+        ),
+    );
+    let err = read(&bad).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "two frames: {err:?}");
+    // One frame and trailing garbage.
+    let mut bad = framed.clone();
+    bad.set_payload(
+        1,
+        zstd_payload(data.len() as u32, &[frame.clone(), vec![0xAA; 5]].concat()),
+    );
+    let err = read(&bad).unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }),
+        "trailing bytes: {err:?}"
+    );
+}
+
+#[test]
+fn key_block_fields_are_checked() {
+    let key = test_key(12);
+    let bytes = small_encrypted(&key, false);
+    let block = native::HEADER_BYTES;
+    // Algorithm 2, and each reserved byte, with the key block CRC fixed.
+    for (at, value) in [(0, 2u8), (0, 0), (1, 1), (2, 1), (3, 1)] {
+        let mut bad = bytes.clone();
+        bad[block + at] = value;
+        let crc = crc32c::crc32c(&bad[block..block + 52]);
+        bad[block + 52..block + 56].copy_from_slice(&crc.to_le_bytes());
+        let err = read_with(&bad, Some(&key)).unwrap_err();
+        assert!(
+            matches!(err, Error::Corrupt { .. }),
+            "byte {at} = {value}: {err:?}"
+        );
+    }
+    // Another salt with the key block CRC fixed: the stream key differs.
+    let mut bad = bytes.clone();
+    bad[block + 30] ^= 1;
+    let crc = crc32c::crc32c(&bad[block..block + 52]);
+    bad[block + 52..block + 56].copy_from_slice(&crc.to_le_bytes());
+    let err = read_with(&bad, Some(&key)).unwrap_err();
+    assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
+    // A changed key id with the CRC fixed: WrongKey naming it.
+    let mut bad = bytes.clone();
+    bad[block + 4] ^= 1;
+    let crc = crc32c::crc32c(&bad[block..block + 52]);
+    bad[block + 52..block + 56].copy_from_slice(&crc.to_le_bytes());
+    match read_with(&bad, Some(&key)).unwrap_err() {
+        Error::WrongKey { stream, given } => {
+            assert_ne!(stream, key.id());
+            assert_eq!(given, key.id());
+        }
+        err => panic!("{err:?}"),
+    }
+}
+
+#[test]
+fn streams_without_helpers_round_trip_every_combination() {
+    let key = test_key(13);
+    for (compress, key) in [(true, None), (false, Some(&key)), (true, Some(&key))] {
+        let bytes = native::encode_with(&[], &options(compress, key)).unwrap();
+        let expected_len = native::HEADER_BYTES
+            + if key.is_some() {
+                native::KEY_BLOCK_BYTES + native::TAG_BYTES
+            } else {
+                0
+            }
+            + 12
+            + native::END_PAYLOAD_BYTES
+            + 4;
+        assert_eq!(bytes.len(), expected_len, "compress {compress}");
+        assert_eq!(read_with(&bytes, key).unwrap(), []);
+    }
+}
