@@ -7,7 +7,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use dbus_vmstate::stream::{self, native, qemu, Limits, Record};
+use dbus_vmstate::stream::native::{ReadOptions, WriteOptions};
+use dbus_vmstate::stream::{self, native, qemu, Key, Limits, Record};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -212,6 +213,159 @@ fn a_valid_stream_decodes_within_the_bound() {
     let (result, peak) = peak_during(|| native::read_all(&input[..], LIMITS));
     assert_eq!(result.unwrap(), records);
     assert!(peak <= bound(input.len()), "peak {peak}");
+}
+
+/// One record with its CRC.
+fn record(kind: u8, encoding: u8, helper: u32, payload: &[u8]) -> Vec<u8> {
+    let mut r = vec![kind, encoding, 0, 0];
+    r.extend_from_slice(&helper.to_le_bytes());
+    r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    r.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&r);
+    r.extend_from_slice(&crc.to_le_bytes());
+    r
+}
+
+/// A compressed (version 2, unencrypted) stream: header, `BEGIN "a"`,
+/// and one zstd `CHUNK` whose decoded-length prefix says `claim`, with
+/// `frame` after it; nothing after the chunk (the decoder must refuse
+/// the chunk itself, not the missing rest).
+fn compressed_claiming(claim: u32, frame: &[u8]) -> Vec<u8> {
+    let options = WriteOptions {
+        compress: true,
+        key: None,
+    };
+    let mut bytes = native::encode_with(&[], &options).unwrap()[..native::HEADER_BYTES].to_vec();
+    assert_eq!(&bytes[12..16], &native::FLAG_COMPRESSED.to_le_bytes());
+    bytes.extend(record(1, 0, 0, b"a"));
+    let mut payload = claim.to_le_bytes().to_vec();
+    payload.extend_from_slice(frame);
+    bytes.extend(record(2, 1, 0, &payload));
+    bytes
+}
+
+/// Decodes `input` as a compressed stream with both decoders that
+/// decompress: whether each rejected it, and its peak.
+fn compressed_decodes(input: &[u8], limits: Limits) -> [(&'static str, bool, usize); 2] {
+    let options = ReadOptions::default();
+    let (result, read_all) = peak_during(|| native::read_all_with(input, limits, &options));
+    let read_all_rejected = result.is_err();
+    let (result, inspect) = peak_during(|| native::inspect_with(input, limits, &options));
+    [
+        ("read_all", read_all_rejected, read_all),
+        ("inspect", result.is_err(), inspect),
+    ]
+}
+
+#[test]
+fn compressed_chunks_claiming_too_much_allocate_nothing_near_it() {
+    let frame = zstd::bulk::compress(&[0u8; 1000], 1).unwrap();
+    for claim in [u32::MAX, (16 << 20) + 1, 1 << 31] {
+        let input = compressed_claiming(claim, &frame);
+        // The claim is over the chunk cap whatever the blob limit.
+        for limits in [LIMITS, Limits::default()] {
+            for (decoder, rejected, peak) in compressed_decodes(&input, limits) {
+                assert!(rejected, "{decoder}: claim {claim}");
+                assert!(
+                    peak <= claim_bound(input.len()),
+                    "{decoder} claim {claim}: peak {peak}"
+                );
+            }
+        }
+        match native::read_all(&input[..], Limits::default()).unwrap_err() {
+            stream::Error::OverLimit { what, .. } => assert_eq!(what, "decompressed chunk"),
+            err => panic!("claim {claim}: {err:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_zstd_bomb_over_the_blob_limit_allocates_nothing_near_it() {
+    // 1 MiB of zeros in a frame of a few dozen bytes, its prefix honest.
+    let zeros = vec![0u8; 1 << 20];
+    let frame = zstd::bulk::compress(&zeros, 19).unwrap();
+    drop(zeros);
+    assert!(frame.len() < 1024, "{} bytes", frame.len());
+    let input = compressed_claiming(1 << 20, &frame);
+    for (decoder, rejected, peak) in compressed_decodes(&input, LIMITS) {
+        assert!(rejected, "{decoder}");
+        assert!(
+            peak <= bound(input.len()),
+            "{decoder}: peak {peak} for a blob limit of {}",
+            LIMITS.max_blob_bytes
+        );
+    }
+    match native::read_all(&input[..], LIMITS).unwrap_err() {
+        stream::Error::OverLimit { what, limit, .. } => {
+            assert_eq!((what, limit), ("blob", LIMITS.max_blob_bytes));
+        }
+        err => panic!("{err:?}"),
+    }
+    // The same chunk within a limit that allows it is read: the refusal
+    // above is the limit's, not the frame's.
+    let limits = Limits {
+        max_blob_bytes: 1 << 20,
+        ..LIMITS
+    };
+    let mut input = input;
+    let end_payload = {
+        let mut p = (1u64 << 20).to_le_bytes().to_vec();
+        p.extend_from_slice(&crc32c::crc32c(&vec![0u8; 1 << 20]).to_le_bytes());
+        p
+    };
+    input.extend(record(3, 0, 0, &end_payload));
+    let mut stream_end = 1u32.to_le_bytes().to_vec();
+    stream_end.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    input.extend(record(0xFF, 0, u32::MAX, &stream_end));
+    let records = native::read_all(&input[..], limits).unwrap();
+    assert_eq!(records, [Record::new("a", vec![0u8; 1 << 20])]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn mutated_compressed_encrypted_streams_never_panic_nor_overallocate(
+        data in vec(any::<u8>(), 0..3000),
+        zeros in 0usize..(200 << 10),
+        at in vec(any::<prop::sample::Index>(), 1..4),
+        xor in 1u8..=255,
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let key = Key::from_bytes([0x42; 32]);
+        // "z" inflates past the blob limit when it is over 64 KiB.
+        let records = vec![
+            Record::new("a", data),
+            Record::new("z", vec![0; zeros]),
+            Record::new("b", vec![1, 2, 3]),
+        ];
+        let options = WriteOptions { compress: true, key: Some(key.clone()) };
+        let good = native::encode_with(&records, &options).unwrap();
+        let mut bad = good.clone();
+        if truncate {
+            bad.truncate(cut.index(good.len()));
+        } else {
+            for at in &at {
+                bad[at.index(good.len())] ^= xor;
+            }
+        }
+        let read = ReadOptions::with_key(key);
+        let (result, peak) = peak_during(|| native::read_all_with(&bad[..], LIMITS, &read));
+        prop_assert!(peak <= bound(bad.len()), "peak {}", peak);
+        match result {
+            Err(_) => {}
+            Ok(decoded) => {
+                prop_assert!(zeros <= LIMITS.max_blob_bytes as usize);
+                prop_assert_eq!(decoded, records, "a changed stream decoded to other content");
+            }
+        }
+        // The survey reads a claimed record into a buffer of up to one
+        // writer chunk before its bytes arrive, as the record reader does
+        // (`arriving_bound`).
+        let (_, peak) = peak_during(|| native::survey(&bad[..], LIMITS));
+        prop_assert!(peak <= arriving_bound(bad.len()), "survey peak {}", peak);
+    }
 }
 
 proptest! {

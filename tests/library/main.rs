@@ -21,4 +21,5 @@ mod roundtrip;
 mod scenarios;
 mod stream_golden;
 mod stream_props;
+mod stream_v2;
 mod streaming;
