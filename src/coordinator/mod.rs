@@ -82,6 +82,17 @@
 //!   as it would a seekable input.
 //! - A QEMU payload (at most 1 MiB per helper) is decoded and verified
 //!   into memory, then loaded.
+//! - A native stream of format version 2 (compressed, encrypted:
+//!   [`Coordinator::save_with`], [`Coordinator::load_with`]) is decoded
+//!   by one reader as it is read (every record's checksum, then its
+//!   authentication with the key of [`ReadOptions`](crate::stream::native::ReadOptions),
+//!   then its decompression within the caps) and handed on as the version
+//!   1 stream of the same records, read once: it takes the live path (or
+//!   the spool), seekable or not, and the hold-back rule above is
+//!   unchanged, so nothing of a record reaches a helper before the record
+//!   authenticated and no helper completes a load before the whole stream
+//!   did. A key, the wrong key or an unencrypted stream given a key fail
+//!   the load before any call.
 //!
 //! On every path loading overlaps the verifying pass, and a slow helper
 //! holds the reading back once its queue is full.

@@ -93,7 +93,7 @@ fn inspect_rejects_bad_streams_with_exit_1() {
     let mut flipped = good.clone();
     flipped[60] ^= 0x04;
     let mut newer = good.clone();
-    newer[8] = 2; // version 2, with a valid header checksum
+    newer[8] = 3; // version 3, with a valid header checksum
     let crc = crc32c::crc32c(&newer[..16]);
     newer[16..20].copy_from_slice(&crc.to_le_bytes());
     // Each reason with its byte offset (the golden stream's first record
@@ -114,7 +114,7 @@ fn inspect_rejects_bad_streams_with_exit_1() {
         (
             "newer",
             newer,
-            "unsupported stream format version 2 (this reader supports version 1)".into(),
+            "unsupported stream format version 3 (this reader supports versions 1 to 2)".into(),
         ),
         (
             "trailing",

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::util::{require, Requirement, PYTHON};
 use dbus_vmstate::stream::native::{ReadOptions, WriteOptions};
 use dbus_vmstate::stream::{self, native, qemu, Format, Key, Limits, Record};
 
@@ -251,22 +252,10 @@ fn spec_hexdump_matches_golden_file() {
 /// helpers, and rejects a changed one.
 #[test]
 fn independent_python_decoder_reads_the_v2_golden_files() {
-    let python = "/usr/bin/python3";
-    let probe = std::process::Command::new(python)
-        .args(["-c", "import cryptography.hazmat.primitives.ciphers.aead"])
-        .status();
-    if !matches!(probe, Ok(s) if s.success()) {
-        println!("skipped: {python} with the cryptography module is missing");
+    if !require(Requirement::PythonCrypto) {
         return;
     }
-    if !std::process::Command::new("zstd")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        println!("skipped: the zstd command is missing");
-        return;
-    }
+    let python = PYTHON;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/v2_decoder.py");
     let run = |stream: &std::path::Path| {
         std::process::Command::new(python)

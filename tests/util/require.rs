@@ -30,6 +30,9 @@ pub enum Requirement {
     DbusDaemon,
     /// `qemu-system-x86_64`, which must run `--version`.
     Qemu,
+    /// `/usr/bin/python3` with `cryptography` (AES-GCM, HKDF) and the
+    /// `zstd` command, for the independent decoder of format version 2.
+    PythonCrypto,
 }
 
 /// The system interpreter the Python helpers run under.
@@ -52,6 +55,10 @@ impl Requirement {
             }
             Requirement::DbusDaemon => "dbus-daemon (apt-get install dbus-daemon)",
             Requirement::Qemu => "qemu-system-x86 (apt-get install qemu-system-x86)",
+            Requirement::PythonCrypto => {
+                "python3-cryptography and zstd (for /usr/bin/python3 and the zstd command; \
+                 apt-get install python3-cryptography zstd)"
+            }
         }
     }
 
@@ -70,6 +77,13 @@ impl Requirement {
             ])),
             Requirement::DbusDaemon => succeeds(Command::new("dbus-daemon").arg("--version")),
             Requirement::Qemu => succeeds(Command::new(super::qemu::PROGRAM).arg("--version")),
+            Requirement::PythonCrypto => {
+                succeeds(Command::new(PYTHON).args([
+                    "-c",
+                    "import cryptography.hazmat.primitives.ciphers.aead, \
+                     cryptography.hazmat.primitives.kdf.hkdf",
+                ])) && succeeds(Command::new("zstd").arg("--version"))
+            }
         }
     }
 
