@@ -25,10 +25,10 @@
 //!   measured as `save --output - > /dev/null`, `load --input STREAM`
 //!   (the stream saved in /dev/shm) and `save | pv -qL 200M | load --input
 //!   -` into the second serve: wall time, GB/s of state, stream size and
-//!   state/stream ratio, each serve's CPU seconds per GiB of state. Every
-//!   encoding's first load, and the last `save | pv | load`, is checked: the
-//!   destination's file (removed before) must equal the source's byte for
-//!   byte. Targets: text `--compress` >= 4x smaller and >= 3x faster
+//!   state/stream ratio, each serve's CPU seconds per GiB of state. The
+//!   destination's file is emptied before each load (outside the timing),
+//!   and after the first load of each kind and encoding, from the file and
+//!   through pv, it must equal the source's byte for byte. Targets: text `--compress` >= 4x smaller and >= 3x faster
 //!   through pv; random `--compress` save and load <= 1.10x uncompressed;
 //!   random `--key-file` save and load >= 1 GB/s, beside the unencrypted
 //!   figure.
@@ -48,9 +48,10 @@
 //! 2), `PIPELINE_SIZE_MIB` (per helper, default 512),
 //! `PIPELINE_PLAIN_BUDGET_MIB` (the memory the serve may hold for plain
 //! states, default 256), `V2_SIZE_MIB` (each `v2` state, default 1024;
-//! `v2` takes about 3 minutes with the defaults and `PIPELINE_RUNS=3`, its
-//! `save | pv | load` cases run at most twice), `PIPELINE_EXE` (another
-//! build of the command, to measure before and after).
+//! `v2` takes about 3 minutes with the defaults and `PIPELINE_RUNS=3`),
+//! `V2_PV_RUNS` (the runs of `v2`'s `save | pv | load` cases, default 1:
+//! at 200 MiB/s each takes seconds), `PIPELINE_EXE` (another build of
+//! the command, to measure before and after).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -872,7 +873,7 @@ fn v2_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String
     let key = work.join("v2.key");
     shell(&format!("{} -q keygen {}", exe(), key.display()));
     let pv = has_pv();
-    let limited_runs = runs.min(2);
+    let limited_runs = env_u64("V2_PV_RUNS", 1).max(1) as usize;
     let mut checks = Vec::new();
     let mut results = Vec::new();
     for kind in ["text", "random"] {
@@ -902,41 +903,55 @@ fn v2_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String
             .map(|(i, _)| work.join(format!("v2-{kind}-stream{i}")))
             .collect();
         let mut cases: Vec<V2Case> = ENCODINGS.iter().map(|_| V2Case::default()).collect();
-        // The stream each load reads, and a check that a load from it
-        // rebuilds the state: the destination's file removed first, so a
-        // load that writes nothing fails too.
+        // The stream each load reads (its save also warms that encoding
+        // up). Before every load the destination's file is emptied, outside
+        // the timing: no load pays for freeing the last one's pages, and a
+        // load that writes nothing leaves a file that fails the check.
         for ((enc, stream), case) in ENCODINGS.iter().zip(&streams).zip(&mut cases) {
-            let s = stream.display().to_string();
-            let check = try_shell(&format!("{} > {s}", v2_save_cmd(&src, *enc, &key)))
-                .and_then(|_| {
-                    let _ = std::fs::remove_file(&dst_state);
-                    try_shell(&v2_load_cmd(&dst, *enc, &key, &s))
-                })
-                .and_then(|_| same_file(&src_state, &dst_state));
-            case.stream_bytes = std::fs::metadata(stream).map(|m| m.len()).unwrap_or(0);
-            match check {
-                Ok(()) => checks.push(Ok(())),
-                Err(e) => {
-                    let e = format!("{kind} {}: {e}", enc.name);
-                    checks.push(Err(e.clone()));
-                    case.errors.push(e);
-                }
+            let s = stream.display();
+            if let Err(e) = try_shell(&format!("{} > {s}", v2_save_cmd(&src, *enc, &key))) {
+                case.errors.push(format!("{kind} {}: {e}", enc.name));
             }
+            case.stream_bytes = std::fs::metadata(stream).map(|m| m.len()).unwrap_or(0);
         }
-        for _ in 0..runs {
+        let empty_destination = || {
+            std::fs::File::create(&dst_state).expect("destination state file");
+        };
+        // Each case runs `script` as `samples`; the first run of a load is
+        // checked against the source (`check`).
+        let mut measure = |case: &mut V2Case,
+                           enc: Encoding,
+                           pick: fn(&mut V2Case) -> &mut Samples,
+                           script: &str,
+                           load: bool,
+                           check: Option<&str>| {
+            if !case.errors.is_empty() {
+                return;
+            }
+            if load {
+                empty_destination();
+            }
+            let mut result = pick(case).try_run(script, &src, &dst);
+            if let (Some(after), Ok(())) = (check, &result) {
+                result =
+                    same_file(&src_state, &dst_state).map_err(|e| format!("after {after}: {e}"));
+                checks.push(
+                    result
+                        .clone()
+                        .map_err(|e| format!("{kind} {}: {e}", enc.name)),
+                );
+            }
+            if let Err(e) = result {
+                case.errors.push(format!("{kind} {}: {e}", enc.name));
+            }
+        };
+        for round in 0..runs {
             for ((enc, stream), case) in ENCODINGS.iter().zip(&streams).zip(&mut cases) {
-                if !case.errors.is_empty() {
-                    continue;
-                }
                 let save = format!("{} > /dev/null", v2_save_cmd(&src, *enc, &key));
                 let load = v2_load_cmd(&dst, *enc, &key, &stream.display().to_string());
-                let result = case
-                    .save
-                    .try_run(&save, &src, &dst)
-                    .and_then(|()| case.load.try_run(&load, &src, &dst));
-                if let Err(e) = result {
-                    case.errors.push(format!("{kind} {}: {e}", enc.name));
-                }
+                let check = (round == 0).then_some("load --input stream");
+                measure(case, *enc, |c| &mut c.save, &save, false, None);
+                measure(case, *enc, |c| &mut c.load, &load, true, check);
             }
         }
         for stream in &streams {
@@ -945,31 +960,13 @@ fn v2_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String
         if pv {
             for round in 0..limited_runs {
                 for (enc, case) in ENCODINGS.iter().zip(&mut cases) {
-                    if !case.errors.is_empty() {
-                        continue;
-                    }
                     let piped = format!(
                         "{} | pv -qL 200M | {}",
                         v2_save_cmd(&src, *enc, &key),
                         v2_load_cmd(&dst, *enc, &key, "-")
                     );
-                    let last = round + 1 == limited_runs;
-                    if last {
-                        let _ = std::fs::remove_file(&dst_state);
-                    }
-                    let mut result = case.piped.try_run(&piped, &src, &dst);
-                    if last && result.is_ok() {
-                        result = same_file(&src_state, &dst_state)
-                            .map_err(|e| format!("after save | pv | load: {e}"));
-                        checks.push(
-                            result
-                                .clone()
-                                .map_err(|e| format!("{kind} {}: {e}", enc.name)),
-                        );
-                    }
-                    if let Err(e) = result {
-                        case.errors.push(format!("{kind} {}: {e}", enc.name));
-                    }
+                    let check = (round == 0).then_some("save | pv | load");
+                    measure(case, *enc, |c| &mut c.piped, &piped, true, check);
                 }
             }
         }
