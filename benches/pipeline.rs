@@ -39,7 +39,7 @@
 //! machine's noise, and the table shows medians.
 //!
 //! ```sh
-//! cargo bench --bench pipeline              # all of it, about 6 minutes
+//! cargo bench --bench pipeline              # all of it, about 7 minutes
 //! cargo bench --bench pipeline -- file      # one part: file, pipeline, plain, v2
 //! V2_SIZE_MIB=64 PIPELINE_RUNS=1 cargo bench --bench pipeline -- v2   # a quick check
 //! ```
@@ -48,7 +48,7 @@
 //! 2), `PIPELINE_SIZE_MIB` (per helper, default 512),
 //! `PIPELINE_PLAIN_BUDGET_MIB` (the memory the serve may hold for plain
 //! states, default 256), `V2_SIZE_MIB` (each `v2` state, default 1024;
-//! `v2` takes about 3 minutes with the defaults and `PIPELINE_RUNS=3`),
+//! `v2` takes 3 to 4 minutes with the defaults and `PIPELINE_RUNS=3`),
 //! `V2_PV_RUNS` (the runs of `v2`'s `save | pv | load` cases, default 1:
 //! at 200 MiB/s each takes seconds), `PIPELINE_EXE` (another build of
 //! the command, to measure before and after).
@@ -838,6 +838,9 @@ impl V2Case {
     }
 }
 
+/// Which of a [`V2Case`]'s samples a target compares.
+type Pick = fn(&V2Case) -> &Samples;
+
 /// `save --output - [--compress] [--key-file K]`.
 fn v2_save_cmd(s: &Serve, enc: Encoding, key: &Path) -> String {
     let mut cmd = save_cmd(s);
@@ -1070,10 +1073,8 @@ fn v2_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String
             met,
         });
     }
-    for (what, pick) in [
-        ("save", (|c: &V2Case| &c.save) as fn(&V2Case) -> &Samples),
-        ("load", |c: &V2Case| &c.load),
-    ] {
+    let steps: [(&str, Pick); 2] = [("save", |c| &c.save), ("load", |c| &c.load)];
+    for (what, pick) in steps {
         let (measured, met) = compare(
             random[compress].wall(pick(&random[compress])),
             random[plain].wall(pick(&random[plain])),
@@ -1085,6 +1086,8 @@ fn v2_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String
             measured,
             met,
         });
+    }
+    for (what, pick) in steps {
         let (measured, met) = compare(
             random[encrypt].wall(pick(&random[encrypt])),
             random[plain].wall(pick(&random[plain])),
@@ -1105,6 +1108,19 @@ fn v2_part(runs: usize, work: &Path, targets: &mut Vec<Target>, out: &mut String
             met,
         });
     }
+    let errors: Vec<&String> = results.iter().flatten().flat_map(|c| &c.errors).collect();
+    targets.push(Target {
+        what: "v2 every case ran without an error".into(),
+        measured: match errors.first() {
+            None => "no errors".into(),
+            Some(first) => format!(
+                "{} errors (see the tables), the first: {}",
+                errors.len(),
+                first.lines().next().unwrap_or_default()
+            ),
+        },
+        met: errors.is_empty(),
+    });
     let failed: Vec<&String> = checks.iter().filter_map(|c| c.as_ref().err()).collect();
     targets.push(Target {
         what: "v2 every checked load rebuilds the source state byte for byte".into(),
