@@ -28,10 +28,10 @@
 //!   state/stream ratio, each serve's CPU seconds per GiB of state. The
 //!   destination's file is emptied before each load (outside the timing),
 //!   and after the first load of each kind and encoding, from the file and
-//!   through pv, it must equal the source's byte for byte. Targets: text `--compress` >= 4x smaller and >= 3x faster
-//!   through pv; random `--compress` save and load <= 1.10x uncompressed;
-//!   random `--key-file` save and load >= 1 GB/s, beside the unencrypted
-//!   figure.
+//!   through pv, it must equal the source's byte for byte. Targets: text
+//!   `--compress` >= 4x smaller and >= 3x faster through pv; random
+//!   `--compress` save and load <= 1.10x uncompressed; random `--key-file`
+//!   save and load >= 1 GB/s, beside the unencrypted figure.
 //!
 //! Each process pipeline runs for seconds, so this is a plain `main`
 //! rather than criterion: every case runs `PIPELINE_RUNS` times (default

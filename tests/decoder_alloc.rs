@@ -233,7 +233,7 @@ fn record(kind: u8, encoding: u8, helper: u32, payload: &[u8]) -> Vec<u8> {
 fn compressed_claiming(claim: u32, frame: &[u8]) -> Vec<u8> {
     let options = WriteOptions {
         compress: true,
-        key: None,
+        ..WriteOptions::default()
     };
     let mut bytes = native::encode_with(&[], &options).unwrap()[..native::HEADER_BYTES].to_vec();
     assert_eq!(&bytes[12..16], &native::FLAG_COMPRESSED.to_le_bytes());
@@ -340,7 +340,7 @@ proptest! {
             Record::new("z", vec![0; zeros]),
             Record::new("b", vec![1, 2, 3]),
         ];
-        let options = WriteOptions { compress: true, key: Some(key.clone()) };
+        let options = WriteOptions { compress: true, key: Some(key.clone()), ..WriteOptions::default() };
         let good = native::encode_with(&records, &options).unwrap();
         let mut bad = good.clone();
         if truncate {

@@ -334,6 +334,7 @@ impl Control {
         let encoding = WriteOptions {
             compress: options.compress.unwrap_or(false),
             key,
+            ..WriteOptions::default()
         };
         let format = options
             .parse_format()

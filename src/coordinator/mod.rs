@@ -86,9 +86,10 @@
 //!   [`Coordinator::save_with`], [`Coordinator::load_with`]) is decoded
 //!   by one reader as it is read (every record's checksum, then its
 //!   authentication with the key of [`ReadOptions`](crate::stream::native::ReadOptions),
-//!   then its decompression within the caps) and handed on as the version
-//!   1 stream of the same records, read once: it takes the live path (or
-//!   the spool), seekable or not, and the hold-back rule above is
+//!   then its decompression within the caps), read once: it takes the
+//!   live path, which loads the decoded records as they come (or the
+//!   spool, which gets the version 1 stream of the same records),
+//!   seekable or not, and the hold-back rule above is
 //!   unchanged, so nothing of a record reaches a helper before the record
 //!   authenticated and no helper completes a load before the whole stream
 //!   did. A key, the wrong key or an unencrypted stream given a key fail
@@ -184,6 +185,13 @@
 //! - The *writer thread* (`vmstate-writer`), one per save: owns the output,
 //!   the stream encoder and the temporary files staging optional streaming
 //!   helpers' states; the only code that writes the stream.
+//! - A compressing save's *compression threads* (`vmstate-zstd-N`, one per
+//!   core, at most 8, or [`WriteOptions::compress_threads`](crate::stream::native::WriteOptions::compress_threads)),
+//!   owned by the writer thread's stream encoder
+//!   ([`native::Writer`](crate::stream::native::Writer)): each compresses
+//!   the chunks handed to it in turn, at most two at a time (a copy of
+//!   each, and room for its compressed form: 4 MiB per thread), and the
+//!   writer writes the results in order. They end with the save.
 //! - The *blocking pool* (`rt::spawn_blocking`; async-std's, up to 500
 //!   threads) runs the rest:
 //!   - a *reader* per streaming helper during a save, owning the

@@ -38,8 +38,12 @@ pub enum Error {
         supported: u32,
     },
 
-    /// The stream header sets flags this reader does not know.
-    #[error("unsupported stream header flags {flags:#010x}")]
+    /// The stream header's flags are not a set its version allows: none
+    /// for version 1; for version 2, one or both of the known flags.
+    #[error(
+        "unsupported stream header flags {flags:#010x} (version 1 takes none; version 2 \
+         COMPRESSED 0x1, ENCRYPTED 0x2 or both)"
+    )]
     UnsupportedFlags {
         /// The flags in the stream header.
         flags: u32,

@@ -580,3 +580,62 @@ fn a_bad_stream_fails_even_with_no_helper_to_load() {
         c.shutdown().await;
     });
 }
+
+/// Compressed and encrypted (format version 2), on the live path (every
+/// streaming helper has the sealed load) and on the spool (one has not):
+/// a stream that fails only at its end, where the checksum or only the
+/// authentication shows it, completes no load; the right key loads all.
+#[test]
+fn a_v2_stream_failing_at_its_end_completes_no_load() {
+    for ids in [&["s1", "p1", "sb"][..], &["s1", "su"][..]] {
+        run(async {
+            let dir = tmpdir();
+            let (c, fakes) = helpers(dir.path(), ids).await;
+            let key = crate::stream_v2::test_key(3);
+            let write = crate::stream_v2::options(true, Some(&key));
+            let (good, report) = c.save_with(Vec::new(), &write).await.unwrap();
+            assert_eq!(report.helpers.len(), ids.len(), "{report:?}");
+            let states: Vec<Vec<u8>> = fakes.iter().map(|f| f.data()).collect();
+            for f in &fakes {
+                f.set_data(OLD.to_vec());
+            }
+            // STREAM_END's payload changed and its checksum recomputed:
+            // only the authentication tells.
+            let mut framed = crate::stream_v2::Framed::parse(&good);
+            let last = framed.records.len() - 1;
+            framed.records[last].1[0] ^= 1;
+            let mut bad = broken_at_stream_end(&good);
+            bad.push(("STREAM_END changed, CRC fixed", framed.assemble()));
+            let read = native::ReadOptions {
+                key: Some(key.clone()),
+                allow_unencrypted: false,
+            };
+            for (what, bad) in bad {
+                let err = c.load_with(ReadOnce(Cursor::new(bad)), None, &read).await;
+                let err = err.expect_err(what);
+                assert!(err.is_stream(), "{ids:?} {what}: {err}");
+                for f in &fakes {
+                    assert!(f.data() == OLD, "{ids:?} {what}: {} loaded", f.id());
+                }
+            }
+            let loads: Vec<usize> = fakes.iter().map(|f| f.loads()).collect();
+            let no_key = native::ReadOptions::default();
+            let err = c.load_with(Cursor::new(good.clone()), None, &no_key).await;
+            assert!(
+                matches!(err, Err(Error::Stream(stream::Error::KeyRequired { .. }))),
+                "{err:?}"
+            );
+            let after: Vec<usize> = fakes.iter().map(|f| f.loads()).collect();
+            assert_eq!(after, loads, "{ids:?}: called without a key");
+            let report = c
+                .load_seekable_with(Cursor::new(good), None, &read)
+                .await
+                .unwrap();
+            assert_eq!(report.helpers.len(), ids.len(), "{report:?}");
+            for (f, state) in fakes.iter().zip(&states) {
+                assert!(f.data() == *state, "{ids:?}: {} not loaded", f.id());
+            }
+            c.shutdown().await;
+        });
+    }
+}

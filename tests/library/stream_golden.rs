@@ -85,6 +85,7 @@ fn v2_options(compress: bool, encrypt: bool) -> WriteOptions {
     WriteOptions {
         compress,
         key: encrypt.then(golden_key),
+        ..WriteOptions::default()
     }
 }
 

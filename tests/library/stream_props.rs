@@ -135,6 +135,7 @@ fn v2_write(compress: bool, key: Option<&Key>) -> WriteOptions {
     WriteOptions {
         compress,
         key: key.cloned(),
+        ..WriteOptions::default()
     }
 }
 

@@ -22,6 +22,7 @@ pub(crate) fn options(compress: bool, key: Option<&Key>) -> WriteOptions {
     WriteOptions {
         compress,
         key: key.cloned(),
+        ..WriteOptions::default()
     }
 }
 

@@ -37,5 +37,9 @@ pub fn write_options(
     let key = key_file
         .map(|path| Key::from_file(path).context("cannot use the key for the output"))
         .transpose()?;
-    Ok(WriteOptions { compress, key })
+    Ok(WriteOptions {
+        compress,
+        key,
+        ..WriteOptions::default()
+    })
 }

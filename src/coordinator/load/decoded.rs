@@ -1,11 +1,12 @@
-//! Version 2 streams on their way into a load: decoded (authenticated,
-//! decrypted, decompressed) by one reader and handed on as the version 1
-//! stream of the same records, which the load's passes then read as any
-//! other. A failure of the version 2 reader travels inside the
-//! [`std::io::Error`] of the read that met it and comes out as that
-//! stream error ([`stream_error`]).
+//! Version 2 streams on their way into a load, decoded (authenticated,
+//! decrypted, decompressed) by the records' reader. The live pass takes
+//! the decoded records from it as events ([`NativeInput::into_reader`]);
+//! the spooling pass, which reads bytes, gets the version 1 stream of the
+//! same records ([`NativeInput::into_v1`]). A failure of the reader there
+//! travels inside the [`std::io::Error`] of the read that met it and comes
+//! out as that stream error ([`carried`]).
 //!
-//! The decoded stream is read once, so it is loaded live (or spooled):
+//! A version 2 stream is read once, so it is loaded live (or spooled):
 //! the hold-back rule is the load's, unchanged, and nothing of a record
 //! reaches a helper before the record authenticated.
 
@@ -52,9 +53,18 @@ pub(crate) fn seekable_needs<R: Read + Seek>(input: &mut R) -> io::Result<Needs>
     Ok(needs(&header))
 }
 
-/// Hands back the native stream `input` ready for the load's passes: a
-/// version 2 stream decoded, a version 1 stream as it is unless a key was
-/// given without allowing unencrypted streams.
+/// A native stream opened for a load.
+pub(crate) enum NativeInput {
+    /// Version 1, from its start, read as it is.
+    Raw(Box<dyn Read + Send>),
+    /// Version 2, its header (and key block) read and checked.
+    Decoding(Box<Reader<Box<dyn Read + Send>>>),
+}
+
+/// Opens the native stream `input` for a load: a version 2 stream's
+/// header and key block are checked against `options` at once, a version
+/// 1 stream is refused if a key was given without allowing unencrypted
+/// streams.
 ///
 /// # Errors
 ///
@@ -64,7 +74,7 @@ pub(crate) fn native_input(
     mut input: Box<dyn Read + Send>,
     limits: Limits,
     options: &ReadOptions,
-) -> Result<Box<dyn Read + Send>, Error> {
+) -> Result<NativeInput, Error> {
     let mut header = Vec::with_capacity(native::HEADER_BYTES);
     input
         .by_ref()
@@ -73,20 +83,47 @@ pub(crate) fn native_input(
         .map_err(super::verify::io_error)?;
     let input = Box::new(Cursor::new(header.clone()).chain(input));
     match needs(&header) {
-        Needs::Decoding => {
-            let reader = Reader::with_options(input as Box<dyn Read + Send>, limits, options)
-                .map_err(Error::Stream)?;
-            let writer = Writer::new(Vec::new()).map_err(Error::Stream)?;
-            Ok(Box::new(Decoded {
-                reader,
-                writer: Some(writer),
-                out: Vec::new(),
-                at: 0,
-            }))
-        }
+        Needs::Decoding => Reader::with_options(input as Box<dyn Read + Send>, limits, options)
+            .map(|reader| NativeInput::Decoding(Box::new(reader)))
+            .map_err(Error::Stream),
         Needs::Nothing => {
             refuse_unencrypted(options)?;
-            Ok(input)
+            Ok(NativeInput::Raw(input))
+        }
+    }
+}
+
+impl NativeInput {
+    /// The stream's reader, for the live pass, which takes its records
+    /// as events: a version 2 stream's are decoded by it.
+    ///
+    /// # Errors
+    ///
+    /// What a version 1 header fails with.
+    pub(crate) fn into_reader(self, limits: Limits) -> Result<Reader<Box<dyn Read + Send>>, Error> {
+        match self {
+            NativeInput::Raw(input) => {
+                Reader::new(input, limits).map_err(super::verify::read_error)
+            }
+            NativeInput::Decoding(reader) => Ok(*reader),
+        }
+    }
+
+    /// The stream as version 1 bytes, for the spooling pass, which reads
+    /// bytes: a version 2 stream decoded record by record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stream`] when the version 1 writer cannot start.
+    pub(crate) fn into_v1(self) -> Result<Box<dyn Read + Send>, Error> {
+        match self {
+            NativeInput::Raw(input) => Ok(input),
+            NativeInput::Decoding(reader) => Ok(Box::new(Decoded {
+                reader: *reader,
+                writer: Some(Writer::new(Vec::new()).map_err(Error::Stream)?),
+                out: Vec::new(),
+                at: 0,
+            })),
         }
     }
 }

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use futures::channel::oneshot;
 
+use super::decoded::NativeInput;
 use super::feed::Feed;
 use super::plain::Collect;
 use super::verify::{read_error, Contents};
@@ -311,7 +312,7 @@ pub(crate) fn native(
 /// message or over the budget, as soon as it is. The routes are then
 /// dropped unfinished, which aborts their helpers.
 pub(crate) fn live(
-    input: Box<dyn Read + Send>,
+    input: NativeInput,
     limits: Limits,
     helpers: &[HelperSpec],
     mut routes: Routes,
@@ -319,7 +320,7 @@ pub(crate) fn live(
     budget: &Arc<Budget>,
     abandoned: &Abandoned,
 ) -> Result<Contents, Error> {
-    let mut reader = native::Reader::new(input, limits).map_err(read_error)?;
+    let mut reader = input.into_reader(limits)?;
     // By helper index, as the stream numbers them: the route and the Id.
     let mut open: Vec<(Option<Route>, String)> = Vec::new();
     let mut complete: Vec<Route> = Vec::new();

@@ -12,7 +12,6 @@
 //! rule](crate::coordinator#loading)). A stream with a streaming helper
 //! that lacks the sealed load is spooled instead ([`super::verify`]).
 
-use std::io::Read;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::future::join_all;
 
+use super::decoded::NativeInput;
 use super::dispatch::{self, Route, Routes, FEED_QUEUE_CHUNKS};
 use super::{feed, limits, load_collected, LoadReport};
 use crate::coordinator::round::{self, Outcomes, Participant};
@@ -77,7 +77,7 @@ enum Incoming {
 /// checked to be a native stream's).
 pub(super) async fn run(
     inner: &Inner,
-    input: Box<dyn Read + Send>,
+    input: NativeInput,
     plan: Plan,
 ) -> Result<LoadReport, Error> {
     let Plan {
@@ -105,9 +105,12 @@ pub(super) async fn run(
         .iter()
         .filter(|p| p.mode == Mode::Stream)
         .count();
+    // The reader reads each record's payload into the buffer it passes
+    // on: an encrypted chunk's comes with its tag, which must fit too, or
+    // every buffer grows (a copy) and leaves the pool.
     let pool = Arc::new(Pool::new(
         dispatch::pool_buffers(streaming),
-        native::CHUNK_BYTES,
+        native::CHUNK_BYTES + native::TAG_BYTES,
     ));
 
     let started = Instant::now();

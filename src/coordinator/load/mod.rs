@@ -64,20 +64,21 @@ where
     let started = Instant::now();
     let options = options.clone();
     let opened = rt::spawn_blocking(move || match verify::open(input, format, limits)? {
-        verify::Opened::Native(input) => {
-            decoded::native_input(input, limits, &options).map(verify::Opened::Native)
+        verify::Opened::Native(input) => decoded::native_input(input, limits, &options).map(Ok),
+        verify::Opened::Qemu(verified) => {
+            decoded::refuse_unencrypted(&options).map(|()| Err(verified))
         }
-        qemu => decoded::refuse_unencrypted(&options).map(|()| qemu),
     });
     let input = match opened.await? {
-        verify::Opened::Qemu(verified) => return run(inner, verified, started.elapsed()).await,
-        verify::Opened::Native(input) => input,
+        Err(verified) => return run(inner, verified, started.elapsed()).await,
+        Ok(input) => input,
     };
     if let Some(plan) = live::plan(inner).await? {
         return live::run(inner, input, plan).await;
     }
     let known = known(inner);
-    let verified = rt::spawn_blocking(move || verify::spool(input, limits, &known)).await?;
+    let verified =
+        rt::spawn_blocking(move || verify::spool(input.into_v1()?, limits, &known)).await?;
     run(inner, verified, started.elapsed()).await
 }
 

@@ -160,6 +160,7 @@ pub(super) fn run<W: Write>(
         // What was written stays as it is, without an end record.
         return Ok(None);
     }
+    thread.writer.flush_pending().map_err(write_error)?;
     let bytes = thread.writer.finished_size();
     let buffered = thread.writer.finish().map_err(write_error)?;
     let out = buffered.into_inner().map_err(|e| Error::Io {

@@ -43,10 +43,12 @@ use std::io::{Read, Write};
 
 use super::{Error, Limits, Record};
 
+mod packer;
 mod reader;
 mod v2;
 mod writer;
 
+pub use packer::MAX_THREADS as MAX_COMPRESS_THREADS;
 pub use reader::{survey, Event, Reader, Survey, SurveyHelper};
 pub use v2::{
     check_version, Features, DECODED_LEN_BYTES, FLAG_COMPRESSED, FLAG_ENCRYPTED, KEY_BLOCK_BYTES,
@@ -290,6 +292,11 @@ pub struct WriteOptions {
     /// Encrypt and authenticate every record with a key derived from
     /// this one and a random salt.
     pub key: Option<Key>,
+    /// Threads that compress chunks: 0 (the default) for one per core,
+    /// 1 to compress on the writer's own thread; at most
+    /// [`MAX_COMPRESS_THREADS`]. The stream is the same whatever the
+    /// number.
+    pub compress_threads: usize,
 }
 
 impl WriteOptions {

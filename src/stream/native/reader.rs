@@ -281,24 +281,8 @@ impl<R: Read> Reader<R> {
     }
 
     fn read_record(&mut self) -> Result<Step, Error> {
-        let start = self.offset;
-        let mut hb = [0u8; RECORD_HEADER_BYTES];
-        let got = read_full(&mut self.r, &mut hb)?;
-        self.offset += len_u64(got);
-        if got < RECORD_HEADER_BYTES {
-            return Err(Error::Truncated {
-                offset: self.offset,
-                expected: if got == 0 {
-                    "another record or STREAM_END"
-                } else {
-                    "record header"
-                },
-            });
-        }
-        let h = RecordHeader::decode(&hb);
-        let kind = Kind::from_u8(h.kind).ok_or_else(|| {
-            Error::corrupt(start, format!("unknown record kind {:#04x}", h.kind), None)
-        })?;
+        let frame = read_frame_header(&mut self.r, &mut self.offset)?;
+        let (start, hb, h, kind) = (frame.start, frame.bytes, frame.header, frame.kind);
         let zstd = kind == Kind::Chunk && h.encoding == ENCODING_ZSTD && self.features.compressed;
         self.check_before_payload(start, kind, h, zstd)?;
         let len = h.len as usize;
@@ -308,21 +292,7 @@ impl<R: Read> Reader<R> {
         } else {
             &mut self.buf
         };
-        read_into(&mut self.r, stored, len, &mut self.offset)?;
-        let mut cb = [0u8; RECORD_CRC_BYTES];
-        self.read_exact(&mut cb, "record checksum")?;
-        let stored = if zstd {
-            &mut self.stored
-        } else {
-            &mut self.buf
-        };
-        if crc32c::crc32c_append(crc32c::crc32c(&hb), &stored[..len]) != u32::from_le_bytes(cb) {
-            return Err(Error::Checksum {
-                offset: start,
-                what: "record",
-                id: None,
-            });
-        }
+        read_frame_body(&mut self.r, &mut self.offset, &frame, stored)?;
         let plain = match &self.sealer {
             Some(sealer) => sealer.open(self.record_no, &hb, &mut stored[..len]).ok_or(
                 Error::Authentication {
@@ -610,19 +580,6 @@ impl<R: Read> Reader<R> {
     fn payload(&self) -> &[u8] {
         self.buf.get(..self.payload_len).unwrap_or_default()
     }
-
-    /// Fills `buf` or fails with [`Error::Truncated`] where the input ended.
-    fn read_exact(&mut self, buf: &mut [u8], expected: &'static str) -> Result<(), Error> {
-        let got = read_full(&mut self.r, buf)?;
-        self.offset += len_u64(got);
-        if got < buf.len() {
-            return Err(Error::Truncated {
-                offset: self.offset,
-                expected,
-            });
-        }
-        Ok(())
-    }
 }
 
 /// The open helper `index`, or the error for a record addressed to a
@@ -657,6 +614,78 @@ const WINDOW_LOG_MAX: u32 = 24;
 /// writer chunk, then doubling), so a header that announces more than the
 /// input holds costs no more than one writer chunk of memory; growth
 /// zero-fills once and the buffer is then reused.
+/// A record's header, read and its kind known.
+struct Frame {
+    /// Where the record starts.
+    start: u64,
+    bytes: [u8; RECORD_HEADER_BYTES],
+    header: RecordHeader,
+    kind: Kind,
+}
+
+/// Reads the record header at `*offset` (advanced past what was read).
+fn read_frame_header<R: Read>(r: &mut R, offset: &mut u64) -> Result<Frame, Error> {
+    let start = *offset;
+    let mut bytes = [0u8; RECORD_HEADER_BYTES];
+    let got = read_full(r, &mut bytes)?;
+    *offset += len_u64(got);
+    if got < RECORD_HEADER_BYTES {
+        return Err(Error::Truncated {
+            offset: *offset,
+            expected: if got == 0 {
+                "another record or STREAM_END"
+            } else {
+                "record header"
+            },
+        });
+    }
+    let header = RecordHeader::decode(&bytes);
+    let kind = Kind::from_u8(header.kind).ok_or_else(|| {
+        Error::corrupt(
+            start,
+            format!("unknown record kind {:#04x}", header.kind),
+            None,
+        )
+    })?;
+    Ok(Frame {
+        start,
+        bytes,
+        header,
+        kind,
+    })
+}
+
+/// Reads the stored payload of `frame` into `buf[..len]` and the CRC
+/// after it, and checks the CRC of header and payload. The caller has
+/// checked the length.
+fn read_frame_body<R: Read>(
+    r: &mut R,
+    offset: &mut u64,
+    frame: &Frame,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let len = frame.header.len as usize;
+    read_into(r, buf, len, offset)?;
+    let mut cb = [0u8; RECORD_CRC_BYTES];
+    let got = read_full(r, &mut cb)?;
+    *offset += len_u64(got);
+    if got < RECORD_CRC_BYTES {
+        return Err(Error::Truncated {
+            offset: *offset,
+            expected: "record checksum",
+        });
+    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame.bytes), &buf[..len]);
+    if crc != u32::from_le_bytes(cb) {
+        return Err(Error::Checksum {
+            offset: frame.start,
+            what: "record",
+            id: None,
+        });
+    }
+    Ok(())
+}
+
 fn read_into<R: Read>(
     r: &mut R,
     buf: &mut Vec<u8>,
@@ -784,20 +813,8 @@ pub fn survey<R: Read>(mut r: R, limits: Limits) -> Result<Survey, Error> {
     let mut records = 0u64;
     let mut buf = Vec::new();
     loop {
-        let start = offset;
-        let mut hb = [0u8; RECORD_HEADER_BYTES];
-        let got = read_full(&mut r, &mut hb)?;
-        offset += len_u64(got);
-        if got < RECORD_HEADER_BYTES {
-            return Err(Error::Truncated {
-                offset,
-                expected: "another record or STREAM_END",
-            });
-        }
-        let h = RecordHeader::decode(&hb);
-        let kind = Kind::from_u8(h.kind).ok_or_else(|| {
-            Error::corrupt(start, format!("unknown record kind {:#04x}", h.kind), None)
-        })?;
+        let frame = read_frame_header(&mut r, &mut offset)?;
+        let (start, h, kind) = (frame.start, frame.header, frame.kind);
         let len = h.len as usize;
         if len > max_stored {
             return Err(Error::corrupt(
@@ -806,22 +823,7 @@ pub fn survey<R: Read>(mut r: R, limits: Limits) -> Result<Survey, Error> {
                 None,
             ));
         }
-        read_into(&mut r, &mut buf, len, &mut offset)?;
-        let mut cb = [0u8; RECORD_CRC_BYTES];
-        if read_full(&mut r, &mut cb)? < RECORD_CRC_BYTES {
-            return Err(Error::Truncated {
-                offset,
-                expected: "record checksum",
-            });
-        }
-        offset += len_u64(RECORD_CRC_BYTES);
-        if crc32c::crc32c_append(crc32c::crc32c(&hb), &buf[..len]) != u32::from_le_bytes(cb) {
-            return Err(Error::Checksum {
-                offset: start,
-                what: "record",
-                id: None,
-            });
-        }
+        read_frame_body(&mut r, &mut offset, &frame, &mut buf)?;
         records += 1;
         let index = h.helper as usize;
         match kind {

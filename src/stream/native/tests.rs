@@ -263,6 +263,7 @@ fn every_encoding_round_trips_and_reports_itself() {
         let w = WriteOptions {
             compress,
             key: encrypt.then(|| key.clone()),
+            ..WriteOptions::default()
         };
         let bytes = encode_with(&records, &w).unwrap();
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
@@ -638,6 +639,81 @@ fn writer_is_poisoned_after_an_io_error() {
     let a = w.begin("a").unwrap();
     assert!(matches!(w.write_chunk(a, &[0; 100]), Err(Error::Io(_))));
     assert!(matches!(w.end(a), Err(Error::Poisoned)));
+    assert!(matches!(w.begin("b"), Err(Error::Poisoned)));
+    assert!(matches!(w.finish(), Err(Error::Poisoned)));
+}
+
+/// A compressed stream with a helper's state of `text` and `random`
+/// chunks, written interleaved with another's, by a writer with
+/// `threads` compression threads.
+fn compressed_by(threads: usize, key: Option<&crate::stream::Key>) -> Vec<u8> {
+    let options = WriteOptions {
+        compress: true,
+        key: key.cloned(),
+        compress_threads: threads,
+    };
+    let mut w = Writer::with_options(Vec::new(), &options).unwrap();
+    let a = w.begin("text").unwrap();
+    let b = w.begin("mixed").unwrap();
+    let text =
+        b"tcp 6 431999 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=1 dport=2\n".repeat(40_000);
+    let random = noise(2 * CHUNK_BYTES + 5);
+    w.write_chunk(a, &text).unwrap();
+    w.write_chunk(b, &random).unwrap();
+    let c = w.begin("small").unwrap();
+    w.write_chunk(c, b"tiny").unwrap();
+    w.end(c).unwrap();
+    w.write_chunk(b, &text[..CHUNK_BYTES / 3]).unwrap();
+    w.write_chunk(a, &random[..100]).unwrap();
+    w.end(b).unwrap();
+    w.end(a).unwrap();
+    w.finish().unwrap()
+}
+
+#[test]
+fn compression_threads_write_the_same_stream() {
+    let one = compressed_by(1, None);
+    for threads in [2, 3, 8] {
+        assert!(compressed_by(threads, None) == one, "{threads} threads");
+    }
+    let records = read_all(&one[..], limits()).unwrap();
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["text", "mixed", "small"]);
+    let summary = inspect(&one[..], limits()).unwrap();
+    // Text chunks shrink; the random ones, and the small one, stay raw.
+    let text = &summary.helpers[0];
+    assert_eq!((text.chunks, text.compressed_chunks), (4, 3));
+    let mixed = &summary.helpers[1];
+    assert_eq!((mixed.chunks, mixed.compressed_chunks), (4, 1));
+    assert_eq!(summary.helpers[2].compressed_chunks, 0);
+
+    // Encrypted, the records are sealed in the same order.
+    let key = crate::stream::Key::from_bytes([9; 32]);
+    let sealed = compressed_by(4, Some(&key));
+    let r = ReadOptions {
+        key: Some(key),
+        allow_unencrypted: false,
+    };
+    assert_eq!(read_all_with(&sealed[..], limits(), &r).unwrap(), records);
+}
+
+#[test]
+fn compressing_writer_reports_a_failed_output() {
+    let options = WriteOptions {
+        compress: true,
+        key: None,
+        compress_threads: 2,
+    };
+    let text = b"conntrack line\n".repeat(200_000);
+    // The header fits, the first records do not: the failure comes from
+    // a later call at the latest, and then every call is refused.
+    let mut w = Writer::with_options(Failing { budget: 100 }, &options).unwrap();
+    let a = w.begin("a").unwrap();
+    let failed = w
+        .write_chunk(a, &text)
+        .and_then(|()| w.end(a))
+        .and_then(|()| w.flush_pending());
+    assert!(matches!(failed, Err(Error::Io(_))), "{failed:?}");
     assert!(matches!(w.begin("b"), Err(Error::Poisoned)));
     assert!(matches!(w.finish(), Err(Error::Poisoned)));
 }

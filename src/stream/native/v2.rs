@@ -276,9 +276,9 @@ impl std::fmt::Debug for Compressor {
     }
 }
 
-/// Bytes of a chunk compressed first to tell whether the rest is worth
-/// compressing, once a helper's chunk did not shrink.
-pub const PROBE_BYTES: usize = 16 << 10;
+/// Bytes from the middle of a chunk compressed first, to tell whether
+/// the whole chunk is worth compressing.
+pub const PROBE_BYTES: usize = 4 << 10;
 
 impl Compressor {
     /// A compressor at [`ZSTD_LEVEL`].
@@ -295,26 +295,40 @@ impl Compressor {
         Ok(Compressor { zstd })
     }
 
+    /// Whether `data` is worth compressing: a chunk of more than four
+    /// samples is not unless [`PROBE_BYTES`] from its middle shrink by an
+    /// eighth, so random state costs a sample's compression per chunk.
+    /// The answer depends on the chunk alone, so chunks may be compressed
+    /// in any order, on any thread. `scratch` is working room.
+    pub fn promising(&mut self, data: &[u8], scratch: &mut Vec<u8>) -> bool {
+        if data.len() <= DECODED_LEN_BYTES + 16 {
+            return false;
+        }
+        if data.len() <= 4 * PROBE_BYTES {
+            return true;
+        }
+        if scratch.len() < PROBE_BYTES {
+            scratch.resize(PROBE_BYTES, 0);
+        }
+        let mid = data.len() / 2;
+        let sample = &data[mid - PROBE_BYTES / 2..mid + PROBE_BYTES / 2];
+        let room = &mut scratch[..PROBE_BYTES - PROBE_BYTES / 8];
+        self.zstd.compress_to_buffer(sample, room).is_ok()
+    }
+
     /// Compresses `data` into `out` (the `u32` decoded length, then one
     /// zstd frame) and returns the compressed payload's length when it is
     /// shorter than `data`; `None` when the chunk is to be stored raw.
     /// `out` is only ever grown, so that it is not cleared for every
-    /// chunk: the payload is `out[..n]`. With `probe`, a sample from the
-    /// middle of `data` is compressed first and the chunk is stored raw
-    /// unless the sample shrinks by an eighth.
-    pub fn compress(&mut self, data: &[u8], probe: bool, out: &mut Vec<u8>) -> Option<usize> {
+    /// chunk: the payload is `out[..n]`. Ask [`promising`](Self::promising)
+    /// first.
+    pub fn compress(&mut self, data: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let len = u32::try_from(data.len()).ok()?;
         if data.len() <= DECODED_LEN_BYTES + 16 {
             return None;
         }
         if out.len() < data.len() {
             out.resize(data.len(), 0);
-        }
-        if probe && data.len() > 4 * PROBE_BYTES {
-            let mid = data.len() / 2;
-            let sample = &data[mid - PROBE_BYTES / 2..mid + PROBE_BYTES / 2];
-            let room = &mut out[..PROBE_BYTES - PROBE_BYTES / 8];
-            self.zstd.compress_to_buffer(sample, room).ok()?;
         }
         out[..DECODED_LEN_BYTES].copy_from_slice(&len.to_le_bytes());
         // Room for a frame that saves at least one byte: zstd stops with

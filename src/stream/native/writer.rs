@@ -1,8 +1,9 @@
 //! The streaming native writer.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 
+use super::packer::{self, Packer};
 use super::v2::{Compressor, Features, KeyBlock, Sealer, ENCODING_RAW, ENCODING_ZSTD, TAG_BYTES};
 use super::{
     encode_header, u32_u64, u64_u32, Kind, RecordHeader, WriteOptions, CHUNK_BYTES,
@@ -29,11 +30,26 @@ use crate::stream::{len_u64, u32_len, validate_id, Error};
 /// asked for: each chunk is compressed (and stored raw when that does not
 /// make it shorter), and every record's payload is encrypted with its
 /// position.
+///
+/// A compressing writer compresses on worker threads (one per core, or
+/// [`WriteOptions::compress_threads`]): [`write_chunk`](Self::write_chunk)
+/// copies each chunk to a worker and returns, and records are written in
+/// the order they were asked for as their chunks come back. At most two
+/// chunks per worker are out at once. An I/O error is then reported by a
+/// later call, at the latest by [`finish`](Self::finish); the stream is
+/// the same byte for byte whatever the number of workers.
 #[derive(Debug)]
 pub struct Writer<W: Write> {
     w: W,
     features: Features,
+    /// Compresses, or with a packer tells which chunks to compress, on
+    /// this thread.
     compressor: Option<Compressor>,
+    /// Compresses on worker threads.
+    packer: Option<Packer>,
+    /// Records not yet written, in order, while chunks are out with the
+    /// packer's workers.
+    pending: VecDeque<Pending>,
     sealer: Option<Sealer>,
     /// The number of the next record (its nonce).
     record_no: u64,
@@ -55,8 +71,19 @@ struct Helper {
     open: bool,
     bytes: u64,
     crc: u32,
-    /// Its last chunk did not shrink: sample the next one first.
-    probe: bool,
+}
+
+/// A record waiting for the chunks before it.
+#[derive(Debug)]
+enum Pending {
+    /// A record with a raw payload.
+    Record {
+        kind: Kind,
+        helper: u32,
+        payload: Vec<u8>,
+    },
+    /// The chunk of the oldest job out with the packer.
+    Chunk { helper: u32 },
 }
 
 impl<W: Write> Writer<W> {
@@ -74,8 +101,8 @@ impl<W: Write> Writer<W> {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] if writing fails (or zstd or the random number
-    /// generator cannot start).
+    /// [`Error::Io`] if writing fails (or zstd, the compression threads
+    /// or the random number generator cannot start).
     pub fn with_options(mut w: W, options: &WriteOptions) -> Result<Self, Error> {
         let features = options.features();
         let header = encode_header(features);
@@ -93,15 +120,18 @@ impl<W: Write> Writer<W> {
                 None
             }
         };
-        let compressor = if options.compress {
-            Some(Compressor::new()?)
-        } else {
-            None
+        let threads = packer::threads(options.compress_threads);
+        let (compressor, packer) = match (options.compress, threads) {
+            (false, _) => (None, None),
+            (true, 1) => (Some(Compressor::new()?), None),
+            (true, n) => (Some(Compressor::new()?), Some(Packer::new(n)?)),
         };
         Ok(Writer {
             w,
             features,
             compressor,
+            packer,
+            pending: VecDeque::new(),
             sealer,
             record_no: 0,
             packed: Vec::new(),
@@ -142,7 +172,6 @@ impl<W: Write> Writer<W> {
             open: true,
             bytes: 0,
             crc: 0,
-            probe: true,
         });
         Ok(index)
     }
@@ -159,14 +188,19 @@ impl<W: Write> Writer<W> {
         self.check_usable()?;
         self.open_helper(helper)?;
         for chunk in data.chunks(CHUNK_BYTES) {
-            self.chunk_record(helper, chunk)?;
+            if self.packer.is_some() {
+                self.submit(helper, chunk)?;
+            } else {
+                self.chunk_record(helper, chunk)?;
+            }
             let len = len_u64(chunk.len());
             let h = self.open_helper(helper)?;
             h.bytes = h.bytes.saturating_add(len);
             h.crc = crc32c::crc32c_append(h.crc, chunk);
             self.total_bytes = self.total_bytes.saturating_add(len);
         }
-        Ok(())
+        // Whatever came back meanwhile goes out now.
+        self.write_pending(false)
     }
 
     /// Closes the blob of `helper` with an `END` record carrying its length
@@ -215,6 +249,7 @@ impl<W: Write> Writer<W> {
         let count = u32::try_from(self.helpers.len()).unwrap_or(u32::MAX);
         let payload = u32_u64(count, self.total_bytes);
         self.record(Kind::StreamEnd, STREAM_END_HELPER, &payload)?;
+        self.write_pending(true)?;
         self.w.flush()?;
         Ok(self.w)
     }
@@ -224,8 +259,23 @@ impl<W: Write> Writer<W> {
         self.bytes_written
     }
 
+    /// Writes every record still waiting for its chunk to come back from
+    /// a compression thread ([`finish`](Self::finish) does it too).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if writing fails or a compression thread stopped,
+    /// [`Error::Poisoned`] after an earlier I/O error.
+    pub fn flush_pending(&mut self) -> Result<(), Error> {
+        self.check_usable()?;
+        self.write_pending(true)
+    }
+
     /// What the stream will measure once [`finish`](Self::finish)ed:
     /// [`bytes_written`](Self::bytes_written) and the `STREAM_END` record.
+    /// Exact when no record is pending (after
+    /// [`flush_pending`](Self::flush_pending), or always without
+    /// compression threads).
     pub fn finished_size(&self) -> u64 {
         let tag = if self.sealer.is_some() { TAG_BYTES } else { 0 };
         self.bytes_written
@@ -264,16 +314,88 @@ impl<W: Write> Writer<W> {
             .ok_or(Error::NotOpen { helper })
     }
 
+    /// Hands one chunk to the packer, once fewer than its limit are out;
+    /// one not worth compressing is written raw (or queued).
+    fn submit(&mut self, helper: u32, chunk: &[u8]) -> Result<(), Error> {
+        if let Some(compressor) = self.compressor.as_mut() {
+            if !compressor.promising(chunk, &mut self.packed) {
+                return self.record(Kind::Chunk, helper, chunk);
+            }
+        }
+        while self
+            .packer
+            .as_ref()
+            .is_some_and(|p| p.in_flight() >= p.limit())
+        {
+            self.write_next(true)?;
+        }
+        if let Some(packer) = self.packer.as_mut() {
+            if let Err(e) = packer.submit(chunk) {
+                self.poisoned = true;
+                return Err(e);
+            }
+        }
+        self.pending.push_back(Pending::Chunk { helper });
+        Ok(())
+    }
+
+    /// Writes pending records in order while they are ready; with `wait`,
+    /// waits for their chunks until none is left.
+    fn write_pending(&mut self, wait: bool) -> Result<(), Error> {
+        while self.write_next(wait)? {}
+        Ok(())
+    }
+
+    /// Writes the oldest pending record if it is ready (or, with `wait`,
+    /// once it is); returns whether it wrote one.
+    fn write_next(&mut self, wait: bool) -> Result<bool, Error> {
+        let helper = match self.pending.front() {
+            None => return Ok(false),
+            Some(Pending::Chunk { helper }) => *helper,
+            Some(Pending::Record { .. }) => {
+                if let Some(Pending::Record {
+                    kind,
+                    helper,
+                    payload,
+                }) = self.pending.pop_front()
+                {
+                    self.record_encoded(kind, ENCODING_RAW, helper, &payload)?;
+                }
+                return Ok(true);
+            }
+        };
+        let Some(packer) = self.packer.as_mut() else {
+            return Ok(false);
+        };
+        let job = match packer.take(wait) {
+            Ok(Some(job)) => job,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                self.poisoned = true;
+                return Err(e);
+            }
+        };
+        self.pending.pop_front();
+        let written = match job.packed {
+            Some(n) => self.record_encoded(Kind::Chunk, ENCODING_ZSTD, helper, &job.out[..n]),
+            None => self.record_encoded(Kind::Chunk, ENCODING_RAW, helper, &job.data),
+        };
+        if let Some(packer) = self.packer.as_mut() {
+            packer.recycle(job);
+        }
+        written.map(|()| true)
+    }
+
     /// Writes one `CHUNK` record, compressed when asked for and shorter.
     fn chunk_record(&mut self, helper: u32, chunk: &[u8]) -> Result<(), Error> {
         let Some(compressor) = self.compressor.as_mut() else {
             return self.record(Kind::Chunk, helper, chunk);
         };
-        let probe = self.helpers.get(helper as usize).is_some_and(|h| h.probe);
-        let packed = compressor.compress(chunk, probe, &mut self.packed);
-        if let Some(h) = self.helpers.get_mut(helper as usize) {
-            h.probe = packed.is_none();
-        }
+        let packed = if compressor.promising(chunk, &mut self.packed) {
+            compressor.compress(chunk, &mut self.packed)
+        } else {
+            None
+        };
         match packed {
             Some(n) => {
                 let packed = std::mem::take(&mut self.packed);
@@ -285,9 +407,18 @@ impl<W: Write> Writer<W> {
         }
     }
 
-    /// Writes one record with its payload stored as is.
+    /// Writes one record with its payload stored as is, or queues it
+    /// behind the pending ones.
     fn record(&mut self, kind: Kind, helper: u32, payload: &[u8]) -> Result<(), Error> {
-        self.record_encoded(kind, ENCODING_RAW, helper, payload)
+        if self.pending.is_empty() {
+            return self.record_encoded(kind, ENCODING_RAW, helper, payload);
+        }
+        self.pending.push_back(Pending::Record {
+            kind,
+            helper,
+            payload: payload.to_vec(),
+        });
+        Ok(())
     }
 
     /// Writes one record: header, payload (sealed in an encrypted
