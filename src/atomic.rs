@@ -8,6 +8,12 @@
 //! directory, so the new file survives a crash once `commit` returns.
 //! Dropped without `commit`, the temporary file is removed.
 //!
+//! A path that exists and is not a regular file (a FIFO, a character
+//! device such as `/dev/null`) cannot be replaced that way: renaming over
+//! it would put a regular file in its place. [`AtomicFile::create`]
+//! refuses one, and [`OutputFile`], for outputs named by the user, writes
+//! into it in place.
+//!
 //! ```
 //! # fn main() -> std::io::Result<()> {
 //! use std::io::Write;
@@ -71,9 +77,20 @@ impl AtomicFile {
     ///
     /// # Errors
     ///
-    /// When `path` has no file name, or the directory refuses a new file.
+    /// When `path` has no file name, is an existing file that is not a
+    /// regular file ([`written_in_place`]), or the directory refuses a new
+    /// file.
     pub fn create(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref();
+        if written_in_place(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a regular file: replacing it would put one in its place",
+                    path.display()
+                ),
+            ));
+        }
         let name = path.file_name().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -129,6 +146,95 @@ impl AtomicFile {
     }
 }
 
+/// Whether `path` names an existing file that is neither a regular file
+/// nor a directory (a FIFO, a character or block device, a socket),
+/// following symbolic links: one that output is written into in place.
+pub fn written_in_place(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// A stream's output named by a path: an [`AtomicFile`], or, for a path
+/// that is [`written_in_place`] (`/dev/null`, a FIFO, `/dev/stdout`), that
+/// file opened for writing. Only the first appears whole or not at all; in
+/// place, a failure leaves what was written, which for a native stream
+/// lacks its end record, so every reader rejects it.
+#[derive(Debug)]
+pub enum OutputFile {
+    /// A temporary file renamed over the path by [`OutputFile::commit`].
+    Atomic(AtomicFile),
+    /// The existing file itself.
+    InPlace {
+        /// The file, open for writing.
+        file: File,
+        /// Its path.
+        path: PathBuf,
+    },
+}
+
+impl OutputFile {
+    /// Opens the output for `path`.
+    ///
+    /// # Errors
+    ///
+    /// As [`AtomicFile::create`], or opening the file in place fails.
+    pub fn create(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref();
+        if written_in_place(path) {
+            let file = std::fs::OpenOptions::new().write(true).open(path)?;
+            return Ok(OutputFile::InPlace {
+                file,
+                path: path.to_path_buf(),
+            });
+        }
+        AtomicFile::create(path).map(OutputFile::Atomic)
+    }
+
+    /// The path written to (once committed, for an atomic file).
+    pub fn path(&self) -> &Path {
+        match self {
+            OutputFile::Atomic(file) => file.path(),
+            OutputFile::InPlace { path, .. } => path,
+        }
+    }
+
+    /// The file to write to or to pass on as a descriptor.
+    pub fn as_file(&self) -> &File {
+        match self {
+            OutputFile::Atomic(file) => file.as_file(),
+            OutputFile::InPlace { file, .. } => file,
+        }
+    }
+
+    /// Commits an atomic file ([`AtomicFile::commit`]); a file written in
+    /// place has nothing left to do.
+    ///
+    /// # Errors
+    ///
+    /// As [`AtomicFile::commit`].
+    pub fn commit(self) -> io::Result<()> {
+        match self {
+            OutputFile::Atomic(file) => file.commit(),
+            OutputFile::InPlace { .. } => Ok(()),
+        }
+    }
+}
+
+impl Write for OutputFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            OutputFile::Atomic(file) => file.write(buf),
+            OutputFile::InPlace { file, .. } => file.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            OutputFile::Atomic(file) => file.flush(),
+            OutputFile::InPlace { file, .. } => file.flush(),
+        }
+    }
+}
+
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.temp.write(buf)
@@ -142,6 +248,43 @@ impl Write for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_or_fifo_is_written_in_place_and_never_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let e = AtomicFile::create("/dev/null").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        let mut null = OutputFile::create("/dev/null").unwrap();
+        assert!(matches!(null, OutputFile::InPlace { .. }));
+        null.write_all(b"discarded").unwrap();
+        null.commit().unwrap();
+        let meta = std::fs::metadata("/dev/null").unwrap();
+        assert!(meta.file_type().is_char_device());
+
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        assert!(written_in_place(&fifo));
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        let mut out = OutputFile::create(&fifo).unwrap();
+        out.write_all(b"through the fifo").unwrap();
+        out.commit().unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the fifo");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+        // A regular file, or none yet, is still replaced atomically.
+        let path = dir.path().join("file");
+        assert!(!written_in_place(&path));
+        assert!(matches!(
+            OutputFile::create(&path).unwrap(),
+            OutputFile::Atomic(_)
+        ));
+        assert!(!written_in_place(dir.path()));
+    }
 
     #[test]
     fn an_error_names_no_temporary_file() {

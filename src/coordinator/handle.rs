@@ -223,7 +223,9 @@ impl Coordinator {
     /// Saves into the file at `path`, atomically: the stream goes to a
     /// temporary file in the same directory, which is synced and renamed
     /// over `path` only when the save succeeded. A failed save leaves no
-    /// new file and an existing file untouched.
+    /// new file and an existing file untouched. A path that exists and is
+    /// not a regular file (a FIFO, `/dev/null`) is written into in place
+    /// ([`OutputFile`](crate::atomic::OutputFile)).
     ///
     /// # Errors
     ///

@@ -211,3 +211,42 @@ fn streams_are_never_written_to_or_read_from_a_terminal() {
         text(&out.stderr)
     );
 }
+
+/// `--output` naming a FIFO or `/dev/null` writes into it: renaming a new
+/// file over it would replace the device or FIFO with a regular file.
+#[test]
+fn save_into_a_fifo_or_a_device_writes_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tmpdir();
+    let root = tmp.path();
+    let dir = root.join("s");
+    let state = pattern(3 << 20, 4);
+    std::fs::write(root.join("a.state"), &state).unwrap();
+    let serve = Serve::start(&dir, &["--id-list", "a"]);
+    let _h = Helper::file(&dir, "a", &root.join("a.state"));
+    let control = serve.control_arg();
+
+    let fifo = root.join("stream.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let fifo_arg = fifo.to_str().unwrap();
+    let out = run_bin(["-q", "save", "--control", &control, "--output", fifo_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let bytes = reader.join().unwrap();
+    let records = dbus_vmstate::stream::native::read_all(&bytes[..], Default::default()).unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(records[0].data == state, "the stream through the FIFO");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    let out = run_bin(["-q", "save", "--control", &control, "--output", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let null = std::fs::metadata("/dev/null").unwrap();
+    assert!(null.file_type().is_char_device(), "/dev/null was replaced");
+}

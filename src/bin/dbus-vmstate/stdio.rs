@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use dbus_vmstate::atomic::AtomicFile;
+use dbus_vmstate::atomic::{written_in_place, OutputFile};
 
 use crate::exit::Usage;
 
@@ -140,13 +140,15 @@ impl AsFd for Input {
     }
 }
 
-/// Where a state stream goes: stdout, or a file replaced atomically.
+/// Where a state stream goes: stdout, or a file replaced atomically (an
+/// existing FIFO or device, such as `/dev/null`, written in place).
 #[derive(Debug)]
 pub enum Output {
     /// Standard output (`-`).
     Stdout(io::Stdout),
-    /// A file, which appears only when [`Output::commit`] succeeds.
-    File(AtomicFile),
+    /// A file, which appears only when [`Output::commit`] succeeds (unless
+    /// it is written in place).
+    File(OutputFile),
 }
 
 impl Output {
@@ -163,9 +165,12 @@ impl Output {
         if is_dash(path) {
             return Ok(Output::Stdout(io::stdout()));
         }
-        match AtomicFile::create(path) {
+        match OutputFile::create(path) {
             Ok(file) => Ok(Output::File(file)),
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => Err(Usage(e.to_string()).into()),
+            Err(e) if written_in_place(path) => {
+                Err(anyhow::Error::new(e).context(format!("cannot open {}", path.display())))
+            }
             Err(e) => {
                 let dir = match path.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p,

@@ -25,7 +25,7 @@ use super::call::HelperCall;
 use super::round::{self, Outcomes, Participant};
 use super::transfer::{pool::Pool, Mode};
 use super::{Inner, Peer, SaveReport, Skipped, Transfer};
-use crate::atomic::AtomicFile;
+use crate::atomic::{written_in_place, OutputFile};
 use crate::error::{Call, Error};
 use crate::iface;
 use crate::rt;
@@ -225,12 +225,13 @@ pub(super) async fn save_to_path(
             source,
         }
     };
-    let temp =
-        AtomicFile::create(path).map_err(output_error("cannot create a temporary file beside"))?;
-    let file = temp
-        .as_file()
-        .try_clone()
-        .map_err(output_error("cannot create a temporary file beside"))?;
+    let opening = if written_in_place(path) {
+        "cannot open"
+    } else {
+        "cannot create a temporary file beside"
+    };
+    let temp = OutputFile::create(path).map_err(output_error(opening))?;
+    let file = temp.as_file().try_clone().map_err(output_error(opening))?;
     // `temp` drops on every early return and removes the temporary file.
     let (file, report) = match save(inner, file, options).await {
         Ok(done) => done,
