@@ -63,23 +63,8 @@ proptest! {
         records in records(),
         schedule in vec((any::<prop::sample::Index>(), 0usize..700), 0..40),
     ) {
-        let mut w = native::Writer::new(Vec::new()).unwrap();
-        let handles: Vec<u32> = records.iter().map(|r| w.begin(&r.id).unwrap()).collect();
-        let mut done = vec![0usize; records.len()];
-        if !records.is_empty() {
-            for (pick, len) in schedule {
-                let i = pick.index(records.len());
-                let data = &records[i].data;
-                let end = (done[i] + len).min(data.len());
-                w.write_chunk(handles[i], &data[done[i]..end]).unwrap();
-                done[i] = end;
-            }
-        }
-        for (i, r) in records.iter().enumerate() {
-            w.write_chunk(handles[i], &r.data[done[i]..]).unwrap();
-            w.end(handles[i]).unwrap();
-        }
-        let bytes = w.finish().unwrap();
+        let w = native::Writer::new(Vec::new()).unwrap();
+        let bytes = write_interleaved(w, &records, schedule);
         prop_assert_eq!(native::read_all(&bytes[..], small()).unwrap(), records);
     }
 
@@ -129,6 +114,31 @@ fn v2_records() -> impl Strategy<Value = Vec<Record>> {
             .map(|(id, data)| Record { id, data })
             .collect()
     })
+}
+
+/// Writes `records` with `w`, their chunks interleaved as `schedule`
+/// says (a record and a length each), the rest of each at the end.
+fn write_interleaved(
+    mut w: native::Writer<Vec<u8>>,
+    records: &[Record],
+    schedule: Vec<(prop::sample::Index, usize)>,
+) -> Vec<u8> {
+    let handles: Vec<u32> = records.iter().map(|r| w.begin(&r.id).unwrap()).collect();
+    let mut done = vec![0usize; records.len()];
+    if !records.is_empty() {
+        for (pick, len) in schedule {
+            let i = pick.index(records.len());
+            let data = &records[i].data;
+            let end = (done[i] + len).min(data.len());
+            w.write_chunk(handles[i], &data[done[i]..end]).unwrap();
+            done[i] = end;
+        }
+    }
+    for (i, r) in records.iter().enumerate() {
+        w.write_chunk(handles[i], &r.data[done[i]..]).unwrap();
+        w.end(handles[i]).unwrap();
+    }
+    w.finish().unwrap()
 }
 
 fn v2_write(compress: bool, key: Option<&Key>) -> WriteOptions {
@@ -183,23 +193,8 @@ proptest! {
     ) {
         let key = Key::from_bytes([0x11; 32]);
         let key = encrypt.then_some(&key);
-        let mut w = native::Writer::with_options(Vec::new(), &v2_write(compress, key)).unwrap();
-        let handles: Vec<u32> = records.iter().map(|r| w.begin(&r.id).unwrap()).collect();
-        let mut done = vec![0usize; records.len()];
-        if !records.is_empty() {
-            for (pick, len) in schedule {
-                let i = pick.index(records.len());
-                let data = &records[i].data;
-                let end = (done[i] + len).min(data.len());
-                w.write_chunk(handles[i], &data[done[i]..end]).unwrap();
-                done[i] = end;
-            }
-        }
-        for (i, r) in records.iter().enumerate() {
-            w.write_chunk(handles[i], &r.data[done[i]..]).unwrap();
-            w.end(handles[i]).unwrap();
-        }
-        let bytes = w.finish().unwrap();
+        let w = native::Writer::with_options(Vec::new(), &v2_write(compress, key)).unwrap();
+        let bytes = write_interleaved(w, &records, schedule);
         prop_assert_eq!(native::read_all_with(&bytes[..], small(), &v2_read(key)).unwrap(), records);
     }
 
